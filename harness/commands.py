@@ -1,0 +1,341 @@
+"""The CLI's commands: each takes parsed arguments, talks to the user, returns an exit code.
+
+All user-facing failures become `UserError` with a one-line message; cli.main prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from harness import config as config_mod
+from harness import ledger, views
+from harness.agents import make_agent
+from harness.agents.base import AgentError, Proposal
+from harness.config import Config, ConfigError, MetricSpec
+from harness.loop import Controller, ControllerError, StopRules, WorkspaceLock, format_result, parse_until
+from harness.session import InitError, Target, init_workspace, load_target
+from harness.stats import mad_confidence
+from harness.workspace import Workspace, WorkspaceError, short
+
+
+class UserError(Exception):
+    pass
+
+
+def _root(args: argparse.Namespace) -> Path:
+    root = Path(getattr(args, "directory", Path("."))).expanduser()
+    if not root.is_dir():
+        raise UserError(f"{root} is not a directory")
+    return root.resolve()
+
+
+def _config(root: Path) -> Config:
+    try:
+        return config_mod.load(root)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _json_obj(text: str, flag: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{flag} must be a JSON object: {exc}") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{flag} must be a JSON object, not {type(obj).__name__}")
+    return obj
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    handler = {
+        "init": cmd_init,
+        "run": cmd_run,
+        "experiment": cmd_experiment,
+        "resume": cmd_resume,
+        "status": cmd_status,
+        "log": cmd_log,
+        "log-experiment": cmd_log_experiment,
+    }[args.command]
+    try:
+        return handler(args)
+    except (ConfigError, InitError, ControllerError, WorkspaceError, AgentError) as exc:
+        raise UserError(str(exc)) from None
+
+
+# ------------------------------------------------------------------------ init
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    base = Path(getattr(args, "directory", Path("."))).expanduser()
+    root = (base / args.path) if args.path else base
+    custom = [args.run_command, args.metric, args.direction, args.editable]
+    if args.target and any(custom):
+        raise UserError("--target and the custom-target flags (--command/--metric/--direction/--editable) exclude each other")
+    if args.target:
+        target = load_target(args.target)
+    elif all(custom):
+        target = Target(
+            name="custom",
+            description="",
+            command=args.run_command,
+            metric=MetricSpec(args.metric, args.unit, args.direction),
+            editable=tuple(args.editable),
+            fixed=tuple(args.fixed),
+            time_budget_s=args.budget or 300.0,
+            prepare=args.prepare,
+        )
+    else:
+        missing = [f for f, v in zip(["--command", "--metric", "--direction", "--editable"], custom, strict=True) if not v]
+        raise UserError("give --target NAME (e.g. pretrain), or a custom target with " + ", ".join(missing))
+    if args.dataset and target.prepare is None:
+        raise UserError(f"--dataset only applies to targets with a preparation step; {target.name} has none")
+    cfg, done = init_workspace(
+        root, target, tag=args.tag, resume=args.resume, budget_s=args.budget, timeout_s=args.timeout,
+        checks=args.checks, revert=args.discard, dataset=args.dataset, name=args.name,
+    )
+    for line in done:
+        print(f"  {line}")
+    print(f"workspace ready: {root.resolve()} on branch {cfg.branch}")
+    print(f"  metric {cfg.metric.name} ({cfg.metric.direction} is better), budget {cfg.time_budget_s:g}s, "
+          f"editable: {', '.join(cfg.editable)}")
+    where = "" if root.resolve() == Path.cwd().resolve() else f"cd {args.path or root} && "
+    print(f"next: {where}autoresearch run --max-iterations 20")
+    return 0
+
+
+# ------------------------------------------------------------------------- run
+
+
+def _print_recovery(found: list[str]) -> None:
+    if found:
+        print("recovery:")
+        for line in found:
+            print(f"  {line}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    root = _root(args)
+    cfg = config_mod.with_overrides(_config(root), revert=args.discard)
+    try:
+        until = parse_until(args.until, dt.datetime.now()) if args.until else None
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    for flag, v in (("--max-iterations", args.max_iterations), ("--max-failure-streak", args.max_failure_streak)):
+        if v is not None and v < 1:
+            raise UserError(f"{flag} must be at least 1")
+    if args.max_hours is not None and not (args.max_hours > 0 and math.isfinite(args.max_hours)):
+        raise UserError("--max-hours must be a positive number")
+    rules = StopRules(
+        max_iterations=args.max_iterations,
+        until=until,
+        max_hours=args.max_hours,
+        max_failure_streak=args.max_failure_streak or cfg.max_failure_streak,
+    )
+    agent = make_agent(args.agent or cfg.agent, seed=cfg.seed)
+    ctl = Controller(root, cfg)
+    with WorkspaceLock(ctl.state_dir):
+        _print_recovery(ctl.recover())
+        ctl.verify()
+        print(f"autoresearch: {cfg.name}: agent {agent.name}, metric {cfg.metric.name} ({cfg.metric.direction} is "
+              f"better), budget {cfg.time_budget_s:g}s, timeout {cfg.effective_timeout_s:g}s")
+        reason = ctl.run_loop(agent, rules)
+    print(f"stopped: {reason}")
+    _short_status(root, cfg)
+    return 0
+
+
+def _short_status(root: Path, cfg: Config) -> None:
+    seg = ledger.load_state(ledger.ledger_path(root)).current
+    if seg is None or not seg.runs:
+        return
+    c = seg.counts()
+    best = seg.best_run
+    print(f"segment {seg.index}: {len(seg.runs)} runs ({c['keep']} kept, {c['discard']} discarded, {c['crash']} crashed, "
+          f"{c['checks_failed']} checks_failed); baseline {views._fmt(seg.baseline)}, best {views._fmt(seg.best)}"
+          + (f" (run #{best.run}, {best.commit})" if best else ""))
+
+
+# ------------------------------------------------------------------ experiment
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    root = _root(args)
+    cfg = _config(root)
+    asi = _json_obj(args.asi, "--asi")
+    if not args.description.strip():
+        raise UserError("--description must not be empty")
+    ctl = Controller(root, cfg)
+    with WorkspaceLock(ctl.state_dir):
+        _print_recovery(ctl.recover(stash_uncommitted=False))
+        state = ctl.load_ledger()
+        has_baseline = state.current is not None and state.current.baseline_run is not None
+        if has_baseline and ctl.ws.is_clean():
+            raise UserError(
+                "nothing to evaluate: the tree has no uncommitted edits. Edit "
+                + ", ".join(cfg.editable)
+                + " and run this again (if you committed your edit yourself, `git reset --soft HEAD~1` first)"
+            )
+        if has_baseline and "hypothesis" not in asi:
+            print("warning: --asi has no \"hypothesis\"; say what you expect and why, it is what survives a revert",
+                  file=sys.stderr)
+        ctl.interrupts.install()
+        try:
+            result = ctl.iterate(None, None if not has_baseline else Proposal(args.description, asi))
+        finally:
+            ctl.interrupts.uninstall()
+    if args.json:
+        print(json.dumps(result.record))
+    else:
+        print(format_result(result.record, cfg))
+        if result.stop_reason:
+            print(result.stop_reason)
+    return 0
+
+
+# --------------------------------------------------------------------- resume
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    root = _root(args)
+    cfg = _config(root)
+    ctl = Controller(root, cfg)
+    with WorkspaceLock(ctl.state_dir):
+        found = ctl.recover()
+    if found:
+        _print_recovery(found)
+    else:
+        print("recovery: nothing to do (no run in flight, HEAD consistent, tree clean, ledger intact)")
+    bad = ctl.check_fixed()
+    if bad:
+        print("warning: fixed files differ from init: " + "; ".join(bad))
+    print()
+    views.render_status(_status_data(root, cfg))
+    print("\ncontinue with `autoresearch run` (built-in agent) or `autoresearch experiment` (external agent)")
+    return 0
+
+
+# --------------------------------------------------------------------- status
+
+
+def _consistency(ws: Workspace, state: ledger.LedgerState, cfg: Config, root: Path) -> str:
+    sf = root / ".autoresearch" / "state.json"
+    if sf.exists():
+        return "an experiment is in flight (or was interrupted: run `autoresearch resume` if no controller is running)"
+    seg = state.current
+    kept = seg.kept if seg else ()
+    if not kept:
+        return "no kept run yet"
+    last = kept[-1]
+    full = ws.resolve(last.commit)
+    if full is None:
+        return f"warning: the last kept commit {last.commit} (run #{last.run}) is not in this repository"
+    if not ws.is_ancestor(full):
+        return f"warning: HEAD does not descend from the last kept commit {last.commit} (run #{last.run})"
+    differ = [p for p in cfg.editable if ws.file_at(full, p) != ws.file_at("HEAD", p)]
+    if differ:
+        return f"warning: {', '.join(differ)} at HEAD differ from the last kept run #{last.run} ({last.commit})"
+    dirty = "; uncommitted changes in the tree" if not ws.is_clean() else ""
+    return f"ok: HEAD has the files of the last kept run #{last.run} ({last.commit}){dirty}"
+
+
+def _goal(root: Path) -> str | None:
+    md = root / "autoresearch.md"
+    if not md.exists():
+        return None
+    lines = md.read_text(encoding="utf-8", errors="replace").splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().lower() == "## goal":
+            body = [ln for ln in lines[i + 1 :] if ln.strip()]
+            return body[0].strip() if body and not body[0].startswith("#") else None
+    return None
+
+
+def _status_data(root: Path, cfg: Config) -> dict[str, Any]:
+    state = ledger.load_state(ledger.ledger_path(root))
+    try:
+        ws = Workspace(root)
+        branch, head = ws.branch(), ws.head()
+        consistency = _consistency(ws, state, cfg, root)
+    except (WorkspaceError, ValueError) as exc:
+        branch, head, consistency = None, None, f"warning: {exc}"
+    return views.status_data(cfg, state, branch=branch, head=head, consistency=consistency, goal=_goal(root))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    root = _root(args)
+    d = _status_data(root, _config(root))
+    if args.json:
+        print(json.dumps(d, indent=2))
+    else:
+        views.render_status(d)
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    root = _root(args)
+    lpath = ledger.ledger_path(root)
+    if not lpath.exists():
+        raise UserError(f"no ledger in {root} (expected {ledger.LEDGER_NAME} or .auto/log.jsonl)")
+    state = ledger.load_state(lpath)
+    rows = views.log_data(state, last=args.last, status=args.status, segment=args.segment)
+    metric = state.current.header.metric_name if state.current else "metric"
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        views.render_log(rows, metric)
+        for b in state.bad_lines:
+            print(f"warning: ledger line {b.lineno} skipped: {b.reason}"
+                  f"{' (torn write)' if b.torn else ''}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------- seed compatibility
+
+
+def cmd_log_experiment(args: argparse.Namespace) -> int:
+    """The seed's log-experiment.sh: append one run line; fills run/commit/segment/confidence."""
+    root = _root(args)
+    lpath = ledger.ledger_path(root)
+    state = ledger.load_state(lpath)
+    metrics = _json_obj(args.metrics, "--metrics")
+    asi = _json_obj(args.asi, "--asi")
+    if not math.isfinite(args.metric):
+        raise UserError("--metric must be a finite number")
+    commit = args.commit
+    if commit is None:
+        try:
+            commit = short(Workspace(root).head())
+        except (WorkspaceError, ValueError):
+            commit = ""
+    seg = state.current
+    confidence = args.confidence
+    if confidence is None and seg is not None and args.status in ("keep", "discard"):
+        values = [r.value for r in seg.runs if r.value is not None] + [args.metric]
+        baseline = seg.baseline if seg.baseline is not None else args.metric
+        best = seg.best
+        if args.status == "keep":
+            best = args.metric if best is None else best
+            better = (args.metric < best) if seg.direction == "lower" else (args.metric > best)
+            best = args.metric if better else best
+        confidence = mad_confidence(values, baseline, best)
+    rec = {
+        "run": args.run if args.run is not None else state.next_run,
+        "commit": commit,
+        "metric": args.metric,
+        "metrics": metrics,
+        "status": args.status,
+        "description": args.description,
+        "timestamp": int(dt.datetime.now().timestamp()),
+        "segment": args.segment if args.segment is not None else max(len(state.segments) - 1, 0),
+        "confidence": confidence,
+        "asi": asi,
+    }
+    ledger.append(lpath, rec)
+    print(json.dumps(rec))
+    return 0

@@ -1,0 +1,207 @@
+"""`autoresearch.toml`: the session's configuration, one source of truth.
+
+Frozen dataclasses with defaults; read with tomllib, written by a tiny serializer (the
+schema is flat tables of scalars and lists, so no extra dependency is needed).
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from harness.stats import Direction
+
+CONFIG_NAME = "autoresearch.toml"
+RevertMode = Literal["revert", "reset"]
+AgentKind = Literal["auto", "mutate", "claude", "external"]
+
+
+class ConfigError(Exception):
+    """autoresearch.toml is missing or invalid; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str = "val_bpb"
+    unit: str = ""
+    direction: Direction = "lower"
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A secondary metric may not get worse by more than `max_worse_pct` percent unless the
+    primary metric improved by at least `unless_gain` (metric units).
+
+    Example: peak_vram_mb may not grow more than 20% for an improvement under 0.002.
+    `direction` says which way is worse for the secondary metric ("lower" = lower is better).
+    """
+
+    metric: str
+    max_worse_pct: float
+    unless_gain: float = math.inf
+    direction: Direction = "lower"
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str  # a human title for the session
+    command: str  # how to run one experiment (the workspace's autoresearch.sh)
+    metric: MetricSpec = field(default_factory=MetricSpec)
+    editable: tuple[str, ...] = ("train.py",)
+    fixed: tuple[str, ...] = ()  # files the agent may not change; sha256 in fixed_hashes
+    fixed_hashes: dict[str, str] = field(default_factory=dict)
+    target: str = "custom"
+    time_budget_s: float = 300.0  # passed to the run as AUTORESEARCH_TIME_BUDGET
+    timeout_s: float | None = None  # hard kill; None = max(2x budget, budget + 300)
+    checks_command: str | None = None  # e.g. "bash autoresearch.checks.sh"
+    checks_timeout_s: float = 300.0
+    prepare_command: str | None = None  # one-time preparation run before the first baseline
+    agent: AgentKind = "auto"
+    model: str | None = None  # for LLM agents
+    seed: int = 42  # passed as AUTORESEARCH_SEED
+    tolerance: float = 0.0  # an improvement must exceed this (metric units) to be kept
+    guards: tuple[Guard, ...] = ()
+    revert: RevertMode = "revert"
+    max_failure_streak: int = 20  # stop after this many consecutive non-keeps
+    branch: str = ""
+
+    @property
+    def effective_timeout_s(self) -> float:
+        if self.timeout_s is not None:
+            return self.timeout_s
+        return max(2 * self.time_budget_s, self.time_budget_s + 300)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        if isinstance(v, float) and math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        escaped = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+        return f'"{escaped}"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+_COMMENTS = {
+    "command": "one experiment; must print METRIC name=value lines",
+    "editable": "the only files the agent may change",
+    "fixed": "hashed at init; any change is checks_failed",
+    "time_budget_s": "passed to the run as AUTORESEARCH_TIME_BUDGET",
+    "timeout_s": "hard kill of the whole process group (default max(2x budget, budget+300))",
+    "tolerance": "an improvement must beat the best by more than this to be kept",
+    "revert": '"revert" (git revert, keeps history) or "reset" (karpathy style)',
+    "max_failure_streak": "stop after this many consecutive discard/crash/checks_failed",
+    "prepare_command": "one-time preparation, run by `autoresearch run` before the baseline",
+}
+
+
+def dumps(cfg: Config) -> str:
+    """TOML text for a config: [session], [metric], [fixed_hashes], [[guards]]."""
+    lines = ["# autoresearch session configuration (written by `autoresearch init`)", "[session]"]
+    for f in fields(cfg):
+        if f.name in ("metric", "fixed_hashes", "guards"):
+            continue
+        v = getattr(cfg, f.name)
+        if v is None:
+            continue
+        comment = _COMMENTS.get(f.name)
+        lines.append(f"{f.name} = {_toml_value(v)}" + (f"  # {comment}" if comment else ""))
+    lines += ["", "[metric]"]
+    for k, v in asdict(cfg.metric).items():
+        lines.append(f"{k} = {_toml_value(v)}")
+    lines += ["", "[fixed_hashes]  # sha256 of each fixed file at init"]
+    for k, v in sorted(cfg.fixed_hashes.items()):
+        lines.append(f"{_toml_value(k)} = {_toml_value(v)}")
+    for g in cfg.guards:
+        lines += ["", "[[guards]]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in asdict(g).items()]
+    return "\n".join(lines) + "\n"
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    kwargs = {}
+    for k, v in data.items():
+        if isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def loads(text: str, where: str = CONFIG_NAME) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    session = dict(data.get("session", {}))
+    session["metric"] = _build(MetricSpec, data.get("metric", {}), f"{where} [metric]")
+    session["fixed_hashes"] = dict(data.get("fixed_hashes", {}))
+    session["guards"] = tuple(_build(Guard, g, f"{where} [[guards]]") for g in data.get("guards", []))
+    cfg = _build(Config, session, f"{where} [session]")
+    validate(cfg, where)
+    return cfg
+
+
+def validate(cfg: Config, where: str = CONFIG_NAME) -> None:
+    problems = []
+    if not cfg.command.strip():
+        problems.append("command is empty")
+    if cfg.metric.direction not in ("lower", "higher"):
+        problems.append(f"metric.direction must be lower or higher, not {cfg.metric.direction!r}")
+    if not cfg.editable:
+        problems.append("editable lists no files")
+    if set(cfg.editable) & set(cfg.fixed):
+        problems.append(f"files both editable and fixed: {sorted(set(cfg.editable) & set(cfg.fixed))}")
+    if not (cfg.time_budget_s > 0):
+        problems.append("time_budget_s must be > 0")
+    if cfg.timeout_s is not None and not (cfg.timeout_s > 0):
+        problems.append("timeout_s must be > 0")
+    if cfg.revert not in ("revert", "reset"):
+        problems.append(f"revert must be revert or reset, not {cfg.revert!r}")
+    if cfg.agent not in ("auto", "mutate", "claude", "external"):
+        problems.append(f"agent must be auto, mutate, claude or external, not {cfg.agent!r}")
+    if cfg.tolerance < 0:
+        problems.append("tolerance must be >= 0")
+    if cfg.max_failure_streak < 1:
+        problems.append("max_failure_streak must be >= 1")
+    for p in (*cfg.editable, *cfg.fixed):
+        if Path(p).is_absolute() or ".." in Path(p).parts:
+            problems.append(f"{p!r}: paths must be relative to the workspace and stay inside it")
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(problems))
+
+
+def load(root: Path) -> Config:
+    path = root / CONFIG_NAME
+    if not path.exists():
+        raise ConfigError(
+            f"no {CONFIG_NAME} in {root}: this is not an autoresearch workspace "
+            "(create one with `autoresearch init DIR`, or pass -C DIR)"
+        )
+    return loads(path.read_text(encoding="utf-8"), str(path))
+
+
+def save(root: Path, cfg: Config) -> None:
+    validate(cfg)
+    tmp = root / (CONFIG_NAME + ".tmp")
+    tmp.write_text(dumps(cfg), encoding="utf-8")
+    tmp.replace(root / CONFIG_NAME)
+
+
+def with_overrides(cfg: Config, **changes: Any) -> Config:
+    """A copy with the non-None changes applied (CLI flags over the file)."""
+    return replace(cfg, **{k: v for k, v in changes.items() if v is not None})

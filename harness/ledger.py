@@ -1,0 +1,402 @@
+"""The experiment ledger: `autoresearch.jsonl`, append-only, the single source of truth.
+
+Writing: one JSON object per line, appended with a single `write` + `fsync` under an
+exclusive lock, never rewritten. Reading: `read_ledger` parses lines (bad or torn lines are
+reported, never raised) and `fold` turns entries into state (segments, baseline, best,
+counts) as a pure function.
+
+Format (shared/reference/formats.md, the seed's plugin and pi-autoresearch):
+- config header `{"type":"config","name","metricName","metricUnit","bestDirection"}`; a
+  config line after at least one run starts a new segment;
+- run line `{"run","commit","metric","metrics","status","description","timestamp",
+  "segment","confidence","asi"}` plus our fields `duration_s`, `diff`, `agent`, ...;
+- anything else (hook lines, unknown types, lines without `run`) is skipped.
+Crash rows carry `metric: 0` like the seed's and pi-autoresearch's logs; readers here never
+treat a crash or a checks_failed row's metric as a result (see `RunRecord.value`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import orjson
+
+from harness.stats import Direction, best_of, mad_confidence
+
+Status = Literal["keep", "discard", "crash", "checks_failed"]
+STATUSES: tuple[Status, ...] = get_args(Status)
+LEDGER_NAME = "autoresearch.jsonl"
+PI_LEDGER = Path(".auto") / "log.jsonl"  # pi-autoresearch >= 1.6 layout
+_MS_THRESHOLD = 1e11  # seconds since 1970 pass this in the year 5138; ms passed it in 1973
+
+
+def ledger_path(root: Path) -> Path:
+    """Where the workspace's ledger lives: ours, else pi-autoresearch's `.auto/log.jsonl`."""
+    ours = root / LEDGER_NAME
+    if ours.exists() or not (root / PI_LEDGER).exists():
+        return ours
+    return root / PI_LEDGER
+
+
+# ---------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class SessionHeader:
+    name: str
+    metric_name: str
+    metric_unit: str
+    direction: Direction
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run: int
+    commit: str
+    metric: float  # as written; 0 for crashes (seed compatibility): use `value`
+    metrics: dict[str, float]
+    status: Status
+    description: str
+    timestamp: float  # seconds since the epoch (ms inputs are converted)
+    segment: int  # position-derived: the count of config headers after results
+    confidence: float | None
+    asi: dict[str, Any]
+    duration_s: float | None = None
+    diff: dict[str, Any] | None = None
+    agent: dict[str, Any] | None = None
+    lineno: int = 0
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def value(self) -> float | None:
+        """The primary metric as a result, or None where the run produced no valid result."""
+        if self.status in ("crash", "checks_failed"):
+            return None
+        return self.metric if math.isfinite(self.metric) else None
+
+
+@dataclass(frozen=True)
+class BadLine:
+    lineno: int
+    reason: str
+    text: str  # at most 200 characters of the line
+    torn: bool  # the last line, without a trailing newline: a write cut short
+
+
+Entry = SessionHeader | RunRecord
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None
+    return float(x)
+
+
+def parse_entry(obj: Any, lineno: int = 0) -> Entry | None:
+    """One decoded JSON line -> entry, None when it is not ours to read (skipped).
+
+    Raises ValueError for a line that claims to be a run line but is malformed.
+    """
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    if obj.get("type") == "config":
+        direction = obj.get("bestDirection", "lower")
+        if direction not in ("lower", "higher"):
+            raise ValueError(f"bestDirection must be lower or higher, not {direction!r}")
+        return SessionHeader(
+            name=str(obj.get("name", "")),
+            metric_name=str(obj.get("metricName", "metric")),
+            metric_unit=str(obj.get("metricUnit", "")),
+            direction=direction,
+            raw=obj,
+        )
+    if "run" not in obj or "type" in obj:  # hook lines, calibration notes, other tools' records
+        return None
+    run = obj["run"]
+    if isinstance(run, bool) or not isinstance(run, int):
+        raise ValueError(f"run must be an integer, not {run!r}")
+    metric = _num(obj.get("metric", 0))
+    if metric is None and obj.get("metric") is not None:
+        raise ValueError(f"metric must be a number, not {obj.get('metric')!r}")
+    status = obj.get("status")
+    if status not in STATUSES:
+        status = "keep"  # pi-autoresearch's statusFrom: a missing/unknown status reads as keep
+    metrics = obj.get("metrics") or {}
+    if not isinstance(metrics, dict):
+        raise ValueError("metrics must be an object")
+    ts = _num(obj.get("timestamp")) or 0.0
+    if ts > _MS_THRESHOLD:
+        ts /= 1000.0
+    asi = obj.get("asi") or {}
+    return RunRecord(
+        run=run,
+        commit=str(obj.get("commit", "")),
+        metric=metric if metric is not None else 0.0,
+        metrics={k: float(v) for k, v in metrics.items() if _num(v) is not None},
+        status=status,
+        description=str(obj.get("description", "")),
+        timestamp=ts,
+        segment=0,  # set by the fold
+        confidence=_num(obj.get("confidence")),
+        asi=asi if isinstance(asi, dict) else {"note": asi},
+        duration_s=_num(obj.get("duration_s")),
+        diff=obj.get("diff") if isinstance(obj.get("diff"), dict) else None,
+        agent=obj.get("agent") if isinstance(obj.get("agent"), dict) else None,
+        lineno=lineno,
+        raw=obj,
+    )
+
+
+@dataclass(frozen=True)
+class LedgerFile:
+    entries: tuple[Entry, ...]
+    bad_lines: tuple[BadLine, ...]
+    torn_offset: int | None  # byte offset where a torn last line starts, if any
+
+
+def parse_lines(data: bytes) -> LedgerFile:
+    """Parse a ledger's bytes. Never raises for content; bad lines are collected."""
+    entries: list[Entry] = []
+    bad: list[BadLine] = []
+    torn_offset: int | None = None
+    offset = 0
+    lines = data.split(b"\n")
+    last = len(lines) - 1  # after a final newline the last chunk is b""
+    for i, line in enumerate(lines):
+        start = offset
+        offset += len(line) + 1
+        if not line.strip():
+            continue
+        try:
+            entry = parse_entry(orjson.loads(line), lineno=i + 1)
+        except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+            torn = i == last  # no newline after it: the write was cut short
+            if torn:
+                torn_offset = start
+            text = line[:200].decode("utf-8", errors="replace")
+            bad.append(BadLine(lineno=i + 1, reason=str(exc).splitlines()[0][:200], text=text, torn=torn))
+            continue
+        if entry is not None:
+            entries.append(entry)
+    return LedgerFile(tuple(entries), tuple(bad), torn_offset)
+
+
+def read_ledger(path: Path) -> LedgerFile:
+    """Read and parse a ledger file; a missing file is an empty ledger."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return LedgerFile((), (), None)
+    return parse_lines(data)
+
+
+# ------------------------------------------------------------------------------ fold
+
+
+@dataclass(frozen=True)
+class Segment:
+    index: int
+    header: SessionHeader
+    runs: tuple[RunRecord, ...]
+
+    @property
+    def direction(self) -> Direction:
+        return self.header.direction
+
+    @property
+    def baseline_run(self) -> RunRecord | None:
+        """The first run of the segment with a valid result (the loop's baseline is a keep)."""
+        return next((r for r in self.runs if r.value is not None), None)
+
+    @property
+    def baseline(self) -> float | None:
+        b = self.baseline_run
+        return b.value if b else None
+
+    @property
+    def kept(self) -> tuple[RunRecord, ...]:
+        return tuple(r for r in self.runs if r.status == "keep" and r.value is not None)
+
+    @property
+    def best_run(self) -> RunRecord | None:
+        kept = self.kept or ((self.baseline_run,) if self.baseline_run else ())
+        best = best_of([r.value for r in kept if r.value is not None], self.direction)
+        return next((r for r in kept if r.value == best), None)
+
+    @property
+    def best(self) -> float | None:
+        b = self.best_run
+        return b.value if b else None
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in STATUSES}
+        for r in self.runs:
+            out[r.status] += 1
+        return out
+
+    @property
+    def confidence(self) -> float | None:
+        values = [r.value for r in self.runs if r.value is not None]
+        return mad_confidence(values, self.baseline, self.best)
+
+    def failure_streak(self) -> int:
+        """Trailing run of non-keep results (discard, crash, checks_failed) in this segment."""
+        n = 0
+        for r in reversed(self.runs):
+            if r.status == "keep":
+                break
+            n += 1
+        return n
+
+
+_DEFAULT_HEADER = SessionHeader(name="", metric_name="metric", metric_unit="", direction="lower")
+
+
+@dataclass(frozen=True)
+class LedgerState:
+    segments: tuple[Segment, ...]
+    bad_lines: tuple[BadLine, ...] = ()
+
+    @property
+    def current(self) -> Segment | None:
+        return self.segments[-1] if self.segments else None
+
+    @property
+    def runs(self) -> tuple[RunRecord, ...]:
+        return tuple(r for s in self.segments for r in s.runs)
+
+    @property
+    def next_run(self) -> int:
+        return max((r.run for r in self.runs), default=0) + 1
+
+    def last_run(self) -> RunRecord | None:
+        for s in reversed(self.segments):
+            if s.runs:
+                return s.runs[-1]
+        return None
+
+    def find(self, run: int) -> RunRecord | None:
+        return next((r for r in self.runs if r.run == run), None)
+
+
+def fold(entries: Iterable[Entry], bad_lines: tuple[BadLine, ...] = ()) -> LedgerState:
+    """Pure fold of ledger entries into segments.
+
+    A config header before any run (re)defines the current segment's header; a header
+    after runs starts a new segment. Runs before any header belong to an implicit
+    segment 0 with a lower-is-better default header.
+    """
+    segments: list[tuple[SessionHeader, list[RunRecord]]] = []
+    for entry in entries:
+        if isinstance(entry, SessionHeader):
+            if segments and not segments[-1][1]:
+                segments[-1] = (entry, segments[-1][1])
+            else:
+                segments.append((entry, []))
+        else:
+            if not segments:
+                segments.append((_DEFAULT_HEADER, []))
+            idx = len(segments) - 1
+            segments[-1][1].append(_with_segment(entry, idx))
+    return LedgerState(
+        segments=tuple(Segment(i, h, tuple(runs)) for i, (h, runs) in enumerate(segments)),
+        bad_lines=bad_lines,
+    )
+
+
+def _with_segment(r: RunRecord, segment: int) -> RunRecord:
+    if r.segment == segment:
+        return r
+    return RunRecord(**{**{f: getattr(r, f) for f in r.__dataclass_fields__}, "segment": segment})
+
+
+def load_state(path: Path) -> LedgerState:
+    lf = read_ledger(path)
+    return fold(lf.entries, lf.bad_lines)
+
+
+# ----------------------------------------------------------------------------- write
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    """One ledger line. Keys with value None inside `asi` are dropped; an empty asi is omitted."""
+    if "asi" in obj and not obj["asi"]:
+        obj = {k: v for k, v in obj.items() if k != "asi"}
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+
+
+def append(path: Path, obj: dict[str, Any]) -> None:
+    """Append one line atomically: exclusive lock, one write, fsync.
+
+    If the file does not end with a newline (a torn write nobody has set aside yet),
+    a newline is written first so the new line never fuses with the torn one: the torn
+    text then reads as a bad line, reported rather than lost.
+    """
+    line = encode(obj)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    line = b"\n" + line
+        written = os.write(fd, line)
+        if written != len(line):  # a short write on a regular file means a full disk
+            raise OSError(f"short write to {path}: {written} of {len(line)} bytes")
+        os.fsync(fd)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def set_aside_torn_tail(path: Path, aside_dir: Path, stamp: str) -> Path | None:
+    """Move a torn last line out of the ledger into `aside_dir`; returns where it went.
+
+    This is the one place the ledger is shortened: only the bytes of an unterminated,
+    unparseable last line, after they are safely written elsewhere.
+    """
+    lf = read_ledger(path)
+    if lf.torn_offset is None:
+        return None
+    data = path.read_bytes()
+    aside_dir.mkdir(parents=True, exist_ok=True)
+    dest = aside_dir / f"torn-line-{stamp}.jsonl"
+    dest.write_bytes(data[lf.torn_offset :])
+    with open(dest, "rb+") as f:
+        os.fsync(f.fileno())
+    with open(path, "rb+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        f.truncate(lf.torn_offset)
+        os.fsync(f.fileno())
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return dest
+
+
+def iter_runs(state: LedgerState, *, segment: int | None = None, status: str | None = None) -> Iterator[RunRecord]:
+    for r in state.runs:
+        if segment is not None and r.segment != segment:
+            continue
+        if status is not None and r.status != status:
+            continue
+        yield r
+
+
+def header_line(name: str, metric_name: str, metric_unit: str, direction: Direction, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "config",
+        "name": name,
+        "metricName": metric_name,
+        "metricUnit": metric_unit,
+        "bestDirection": direction,
+        **extra,
+    }

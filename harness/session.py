@@ -1,0 +1,230 @@
+"""`autoresearch init`: make (or adopt) a workspace for a target.
+
+A workspace is a git repository holding the target's files, the rendered session files
+(`session/` templates), `autoresearch.toml` and the ledger's config header, on a branch
+`autoresearch/<tag>`. Init refuses rather than overwrites: an existing file with other
+content, an existing branch (without --resume) or a dirty tree stop it with a message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import string
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import config as config_mod
+from harness import ledger
+from harness.config import Config, MetricSpec
+from harness.stats import Direction
+from harness.workspace import Workspace, WorkspaceError, sha256_file
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+ASSETS = PACKAGE_ROOT / "assets"
+TEMPLATES = PACKAGE_ROOT / "session"
+
+
+class InitError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Target:
+    """What `assets/<name>/target.toml` declares, or what the init flags describe."""
+
+    name: str
+    description: str
+    command: str
+    metric: MetricSpec
+    editable: tuple[str, ...]
+    fixed: tuple[str, ...]
+    time_budget_s: float
+    cpu_time_budget_s: float | None = None
+    prepare: str | None = None
+    source_dir: Path | None = None  # where the files are copied from (None: already in the workspace)
+
+
+def available_targets() -> list[str]:
+    return sorted(p.parent.name for p in ASSETS.glob("*/target.toml"))
+
+
+def load_target(name: str) -> Target:
+    path = ASSETS / name / "target.toml"
+    if not path.exists():
+        known = ", ".join(available_targets()) or "none installed"
+        raise InitError(f"unknown target {name!r} (available: {known})")
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    t, m = data["target"], data["metric"]
+    return Target(
+        name=t["name"],
+        description=t.get("description", ""),
+        command=t["command"],
+        metric=MetricSpec(m["name"], m.get("unit", ""), m.get("direction", "lower")),
+        editable=tuple(t["editable"]),
+        fixed=tuple(t.get("fixed", ())),
+        time_budget_s=float(t.get("time_budget_s", 300)),
+        cpu_time_budget_s=float(t["cpu_time_budget_s"]) if "cpu_time_budget_s" in t else None,
+        prepare=t.get("prepare"),
+        source_dir=path.parent,
+    )
+
+
+def default_tag(now: dt.datetime) -> str:
+    """karpathy's convention: the date, e.g. `nov21`."""
+    return now.strftime("%b").lower() + str(now.day)
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _render(template: str, **values: str) -> str:
+    return string.Template((TEMPLATES / template).read_text(encoding="utf-8")).substitute(values)
+
+
+def _write_new(path: Path, content: str | bytes, executable: bool = False) -> None:
+    """Write a file that init owns; refuse to clobber different content."""
+    data = content.encode() if isinstance(content, str) else content
+    if path.exists():
+        if path.read_bytes() == data:
+            return
+        raise InitError(f"{path} already exists with other content; move it away or init another directory")
+    path.write_bytes(data)
+    if executable:
+        path.chmod(0o755)
+
+
+def init_workspace(
+    root: Path,
+    target: Target,
+    *,
+    tag: str | None = None,
+    resume: bool = False,
+    budget_s: float | None = None,
+    timeout_s: float | None = None,
+    checks: str | None = None,
+    revert: str = "revert",
+    agent: str = "auto",
+    model: str | None = None,
+    dataset: str | None = None,
+    name: str | None = None,
+    now: dt.datetime | None = None,
+) -> tuple[Config, list[str]]:
+    """Create or adopt the workspace; returns the config and what was done."""
+    now = now or dt.datetime.now()
+    tag = tag or default_tag(now)
+    branch = f"autoresearch/{tag}"
+    done: list[str] = []
+    root = root.resolve()
+    try:
+        ws = Workspace.create_or_adopt(root)
+    except WorkspaceError as exc:
+        raise InitError(str(exc)) from None
+
+    if ws.has_commits() and ws.branch_exists(branch):
+        if not resume:
+            raise InitError(
+                f"branch {branch} already exists in {root}; use --resume to continue that session, "
+                "or --tag NAME for a new one"
+            )
+        if not ws.is_clean():
+            raise InitError(f"{root} has uncommitted changes; commit or stash them before switching to {branch}")
+        ws.checkout(branch)
+        cfg = config_mod.load(root)
+        return cfg, [f"switched to the existing session branch {branch}"]
+    if ws.has_commits() and not ws.is_clean():
+        raise InitError(f"{root} has uncommitted changes; commit or stash them first")
+
+    # 1. the target's files, and the .gitignore, on the current branch (the session's base)
+    if target.source_dir is not None:
+        for rel in (*target.fixed, *target.editable):
+            src = target.source_dir / rel
+            dst = root / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.exists() and dst.read_bytes() != src.read_bytes():
+                raise InitError(f"{dst} exists and differs from the {target.name} target's; init into a new directory")
+            if not dst.exists():
+                shutil.copy2(src, dst)
+                done.append(f"copied {rel} from the {target.name} target")
+    missing = [p for p in (*target.editable, *target.fixed) if not (root / p).is_file()]
+    if missing:
+        raise InitError(f"missing in {root}: {', '.join(missing)} (create them, or use --target)")
+    gitignore = root / ".gitignore"
+    wanted = (TEMPLATES / "gitignore").read_text(encoding="utf-8")
+    have = gitignore.read_text(encoding="utf-8") if gitignore.exists() else ""
+    lines_missing = [ln for ln in wanted.splitlines() if ln and not ln.startswith("#") and ln not in have.splitlines()]
+    if lines_missing:
+        gitignore.write_text(have + ("\n" if have and not have.endswith("\n") else "") + wanted, encoding="utf-8")
+        done.append("added autoresearch.jsonl, run.log and .autoresearch/ to .gitignore")
+    base_paths = [".gitignore", *target.fixed, *target.editable]
+    if not ws.has_commits() or any(p in ws.changed_paths() for p in base_paths):
+        ws.commit_all(f"autoresearch: {target.name} target files", paths=base_paths)
+        done.append("committed the target's files")
+
+    # 2. the session branch and files
+    ws.create_branch(branch)
+    done.append(f"created branch {branch}")
+    cpu_budget = target.cpu_time_budget_s is not None and budget_s is None and not cuda_available()
+    budget = budget_s or (target.cpu_time_budget_s if cpu_budget else target.time_budget_s) or 300.0
+    if cpu_budget:
+        done.append(f"no CUDA device found: using the target's CPU time budget of {budget:g} s")
+    prepare = target.prepare.replace("{dataset}", dataset or "local") if target.prepare else None
+    cfg = Config(
+        name=name or f"autoresearch {target.name} {tag}",
+        command="bash autoresearch.sh",
+        metric=target.metric,
+        editable=target.editable,
+        fixed=target.fixed,
+        target=target.name,
+        time_budget_s=float(budget),
+        timeout_s=timeout_s,
+        checks_command="bash autoresearch.checks.sh" if checks else None,
+        prepare_command=prepare,
+        agent=agent,  # type: ignore[arg-type]
+        model=model,
+        revert=revert,  # type: ignore[arg-type]
+        branch=branch,
+    )
+    config_mod.validate(cfg)
+    direction: Direction = target.metric.direction
+    _write_new(
+        root / "autoresearch.md",
+        _render(
+            "autoresearch.md",
+            title=cfg.name,
+            goal=target.description or f"{'Minimize' if direction == 'lower' else 'Maximize'} {target.metric.name}.",
+            metric=target.metric.name,
+            unit_text=f"unit: {target.metric.unit}" if target.metric.unit else "no unit",
+            direction=direction,
+            budget=f"{budget:g}",
+            timeout=f"{cfg.effective_timeout_s:g}",
+            editable_list="\n".join(f"- `{p}`" for p in target.editable),
+            fixed_list="\n".join(f"- `{p}` (fixed: hashed, any change is refused)" for p in target.fixed) or "- (none)",
+        ),
+    )
+    _write_new(root / "autoresearch.ideas.md", (TEMPLATES / "autoresearch.ideas.md").read_text(encoding="utf-8"))
+    _write_new(root / "autoresearch.sh", _render("autoresearch.sh", command=target.command), executable=True)
+    if checks:
+        _write_new(root / "autoresearch.checks.sh", _render("autoresearch.checks.sh", checks=checks), executable=True)
+    measured = [*target.fixed, "autoresearch.sh", *(["autoresearch.checks.sh"] if checks else [])]
+    cfg = config_mod.with_overrides(cfg, fixed_hashes={p: sha256_file(root / p) for p in measured})
+    config_mod.save(root, cfg)
+    ws.commit_all(f"autoresearch: session setup ({target.name}, {branch})")
+    done.append("wrote autoresearch.md, autoresearch.ideas.md, autoresearch.sh, autoresearch.toml and committed them")
+
+    lpath = ledger.ledger_path(root)
+    state = ledger.load_state(lpath)
+    if state.current is None or state.current.runs:
+        ledger.append(
+            lpath,
+            ledger.header_line(cfg.name, target.metric.name, target.metric.unit, direction, target=target.name,
+                               branch=branch, time_budget_s=budget),
+        )
+        done.append(f"started the ledger {lpath.name}")
+    return cfg, done

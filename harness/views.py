@@ -1,0 +1,164 @@
+"""What `status` and `log` show: data assembled by pure functions, rendered with rich on a
+terminal and as plain aligned text otherwise (pipes, files, CI logs)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from dataclasses import asdict
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.config import Config
+from harness.ledger import LedgerState, RunRecord
+from harness.stats import confidence_band, improvement_pct
+
+BAND_STYLE = {"green": "green", "yellow": "yellow", "red": "red", "none": "dim"}
+STATUS_STYLE = {"keep": "green", "discard": "dim", "crash": "red", "checks_failed": "magenta"}
+
+
+def status_data(cfg: Config, state: LedgerState, *, branch: str | None, head: str | None,
+                consistency: str, goal: str | None = None) -> dict[str, Any]:
+    """Everything `status` says, as plain data (this is `status --json`)."""
+    seg = state.current
+    runs = seg.runs if seg else ()
+    counts = seg.counts() if seg else {"keep": 0, "discard": 0, "crash": 0, "checks_failed": 0}
+    best_run = seg.best_run if seg else None
+    last = state.last_run()
+    conf = seg.confidence if seg else None
+    direction = cfg.metric.direction
+    cost = sum(float((r.agent or {}).get("cost_usd", 0) or 0) for r in state.runs)
+    return {
+        "name": cfg.name,
+        "goal": goal,
+        "metric": {"name": cfg.metric.name, "unit": cfg.metric.unit, "direction": direction},
+        "segment": seg.index if seg else 0,
+        "segments": len(state.segments),
+        "runs": len(runs),
+        "runs_total": len(state.runs),
+        "counts": counts,
+        "baseline": seg.baseline if seg else None,
+        "best": seg.best if seg else None,
+        "best_run": best_run.run if best_run else None,
+        "best_commit": best_run.commit if best_run else None,
+        "improvement_pct": improvement_pct(seg.best if seg else None, seg.baseline if seg else None, direction),
+        "confidence": conf,
+        "confidence_band": confidence_band(conf),
+        "failure_streak": seg.failure_streak() if seg else 0,
+        "last_run": _run_dict(last) if last else None,
+        "branch": branch,
+        "head": head,
+        "consistency": consistency,
+        "bad_lines": [asdict(b) for b in state.bad_lines],
+        "cost_usd": round(cost, 4) if cost else 0.0,
+        "kept_improvements": max(counts["keep"] - 1, 0),
+    }
+
+
+def _run_dict(r: RunRecord) -> dict[str, Any]:
+    return {
+        "run": r.run,
+        "commit": r.commit,
+        "metric": r.value,
+        "metrics": r.metrics,
+        "status": r.status,
+        "description": r.description,
+        "timestamp": r.timestamp,
+        "segment": r.segment,
+        "confidence": r.confidence,
+        "asi": r.asi,
+        "duration_s": r.duration_s,
+        "diff": r.diff,
+        "agent": r.agent,
+    }
+
+
+def log_data(state: LedgerState, *, last: int | None = None, status: str | None = None,
+             segment: int | None = None) -> list[dict[str, Any]]:
+    runs = [r for r in state.runs if (status is None or r.status == status) and (segment is None or r.segment == segment)]
+    if last is not None:
+        runs = runs[-last:] if last > 0 else []
+    return [_run_dict(r) for r in runs]
+
+
+def _fmt(v: float | None, digits: int = 6) -> str:
+    return "-" if v is None else f"{v:.{digits}g}"
+
+
+def _when(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
+
+
+def render_status(d: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    con = Console(file=out, highlight=False, soft_wrap=True)
+    plain = not con.is_terminal
+    m = d["metric"]
+    c = d["counts"]
+    band = d["confidence_band"]
+    conf = "-" if d["confidence"] is None else f"{d['confidence']:.2f}x"
+    imp = "-" if d["improvement_pct"] is None else f"{d['improvement_pct']:+.2f}%"
+    lines = [
+        ("session", d["name"]),
+        ("goal", d["goal"] or "-"),
+        ("metric", f"{m['name']} ({m['direction']} is better{', ' + m['unit'] if m['unit'] else ''})"),
+        ("segment", f"{d['segment']} of {d['segments']}" if d["segments"] else "-"),
+        ("runs", f"{d['runs']}: {c['keep']} kept, {c['discard']} discarded, {c['crash']} crashed, "
+                 f"{c['checks_failed']} checks_failed"),
+        ("baseline", _fmt(d["baseline"])),
+        ("best", f"{_fmt(d['best'])}" + (f" (run #{d['best_run']}, {d['best_commit']})" if d["best_run"] else "")),
+        ("improvement", imp),
+        ("confidence", f"{conf} ({band}: " + {
+            "green": "likely real", "yellow": "marginal, could be noise", "red": "within noise",
+            "none": "undefined: under 3 results, zero spread or no improvement"}[band] + ")"),
+    ]
+    if d["cost_usd"]:
+        per = d["cost_usd"] / d["kept_improvements"] if d["kept_improvements"] else None
+        lines.append(("agent cost", f"${d['cost_usd']:.2f}" + (f" (${per:.2f} per kept improvement)" if per else "")))
+    last = d["last_run"]
+    if last:
+        lines.append(("last run", f"#{last['run']} {last['status']} {_fmt(last['metric'])} "
+                                  f"{last['description']} ({_when(last['timestamp'])})"))
+    if d["failure_streak"]:
+        lines.append(("not kept in a row", str(d["failure_streak"])))
+    lines.append(("branch", f"{d['branch'] or '(detached)'} @ {(d['head'] or '')[:7]}"))
+    lines.append(("consistency", d["consistency"]))
+    for b in d["bad_lines"]:
+        lines.append(("ledger warning", f"line {b['lineno']}: {b['reason']}{' (torn write)' if b['torn'] else ''}"))
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        if plain:
+            out.write(f"{k:<{width}}  {v}\n")
+        else:
+            style = BAND_STYLE[band] if k == "confidence" else ("yellow" if "warning" in k else "")
+            con.print(f"[bold]{k:<{width}}[/bold]  ", end="")
+            con.print(v, style=style or None, markup=False)
+
+
+def render_log(rows: list[dict[str, Any]], metric_name: str, out: TextIO = sys.stdout) -> None:
+    con = Console(file=out, highlight=False)
+    headers = ["run", "status", metric_name, "conf", "time", "description", "hypothesis / reason"]
+
+    def cells(r: dict[str, Any]) -> list[str]:
+        asi = r["asi"] or {}
+        note = asi.get("rollback_reason") if r["status"] != "keep" else asi.get("hypothesis")
+        note = note or asi.get("hypothesis") or ""
+        return [
+            str(r["run"]), r["status"], _fmt(r["metric"]),
+            "-" if r["confidence"] is None else f"{r['confidence']:.1f}",
+            _when(r["timestamp"]), r["description"], str(note).replace("\n", " ")[:120],
+        ]
+
+    if not con.is_terminal:
+        table = [headers] + [cells(r) for r in rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(headers) - 1)]
+        for row in table:
+            out.write("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)) + "  " + row[-1] + "\n")
+        return
+    t = Table(show_lines=False, header_style="bold")
+    for h in headers:
+        t.add_column(h, overflow="fold", no_wrap=h in ("run", "status", "time"))
+    for r in rows:
+        t.add_row(*cells(r), style=STATUS_STYLE.get(r["status"]))
+    con.print(t)
