@@ -136,44 +136,20 @@ def init_workspace(
         if not ws.is_clean():
             raise InitError(f"{root} has uncommitted changes; commit or stash them before switching to {branch}")
         ws.checkout(branch)
+        if not (root / config_mod.CONFIG_NAME).exists():
+            raise InitError(
+                f"branch {branch} has no {config_mod.CONFIG_NAME} (an init that did not finish?); delete the branch "
+                f"(`git branch -D {branch}` from another branch) and run init again"
+            )
         cfg = config_mod.load(root)
         return cfg, [f"switched to the existing session branch {branch}"]
     if ws.has_commits() and not ws.is_clean():
         raise InitError(f"{root} has uncommitted changes; commit or stash them first")
 
-    # 1. the target's files, and the .gitignore, on the current branch (the session's base)
-    if target.source_dir is not None:
-        for rel in (*target.fixed, *target.editable):
-            src = target.source_dir / rel
-            dst = root / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if dst.exists() and dst.read_bytes() != src.read_bytes():
-                raise InitError(f"{dst} exists and differs from the {target.name} target's; init into a new directory")
-            if not dst.exists():
-                shutil.copy2(src, dst)
-                done.append(f"copied {rel} from the {target.name} target")
-    missing = [p for p in (*target.editable, *target.fixed) if not (root / p).is_file()]
-    if missing:
-        raise InitError(f"missing in {root}: {', '.join(missing)} (create them, or use --target)")
-    gitignore = root / ".gitignore"
-    wanted = (TEMPLATES / "gitignore").read_text(encoding="utf-8")
-    have = gitignore.read_text(encoding="utf-8") if gitignore.exists() else ""
-    lines_missing = [ln for ln in wanted.splitlines() if ln and not ln.startswith("#") and ln not in have.splitlines()]
-    if lines_missing:
-        gitignore.write_text(have + ("\n" if have and not have.endswith("\n") else "") + wanted, encoding="utf-8")
-        done.append("added autoresearch.jsonl, run.log and .autoresearch/ to .gitignore")
-    base_paths = [".gitignore", *target.fixed, *target.editable]
-    if not ws.has_commits() or any(p in ws.changed_paths() for p in base_paths):
-        ws.commit_all(f"autoresearch: {target.name} target files", paths=base_paths)
-        done.append("committed the target's files")
-
-    # 2. the session branch and files
-    ws.create_branch(branch)
-    done.append(f"created branch {branch}")
+    # Render and validate everything before touching git, so a bad flag or template fails
+    # with nothing half-done.
     cpu_budget = target.cpu_time_budget_s is not None and budget_s is None and not cuda_available()
     budget = budget_s or (target.cpu_time_budget_s if cpu_budget else target.time_budget_s) or 300.0
-    if cpu_budget:
-        done.append(f"no CUDA device found: using the target's CPU time budget of {budget:g} s")
     prepare = target.prepare.replace("{dataset}", dataset or "local") if target.prepare else None
     cfg = Config(
         name=name or f"autoresearch {target.name} {tag}",
@@ -193,9 +169,8 @@ def init_workspace(
     )
     config_mod.validate(cfg)
     direction: Direction = target.metric.direction
-    _write_new(
-        root / "autoresearch.md",
-        _render(
+    session_files: dict[str, str] = {
+        "autoresearch.md": _render(
             "autoresearch.md",
             title=cfg.name,
             goal=target.description or f"{'Minimize' if direction == 'lower' else 'Maximize'} {target.metric.name}.",
@@ -207,16 +182,56 @@ def init_workspace(
             editable_list="\n".join(f"- `{p}`" for p in target.editable),
             fixed_list="\n".join(f"- `{p}` (fixed: hashed, any change is refused)" for p in target.fixed) or "- (none)",
         ),
-    )
-    _write_new(root / "autoresearch.ideas.md", (TEMPLATES / "autoresearch.ideas.md").read_text(encoding="utf-8"))
-    _write_new(root / "autoresearch.sh", _render("autoresearch.sh", command=target.command), executable=True)
+        "autoresearch.ideas.md": (TEMPLATES / "autoresearch.ideas.md").read_text(encoding="utf-8"),
+        "autoresearch.sh": _render("autoresearch.sh", command=target.command),
+    }
     if checks:
-        _write_new(root / "autoresearch.checks.sh", _render("autoresearch.checks.sh", checks=checks), executable=True)
+        session_files["autoresearch.checks.sh"] = _render("autoresearch.checks.sh", checks=checks)
+    for rel, content in session_files.items():
+        if (root / rel).exists() and (root / rel).read_text(encoding="utf-8", errors="replace") != content:
+            raise InitError(f"{root / rel} already exists with other content; move it away or init another directory")
+    if target.source_dir is not None:
+        for rel in (*target.fixed, *target.editable):
+            dst = root / rel
+            if dst.exists() and dst.read_bytes() != (target.source_dir / rel).read_bytes():
+                raise InitError(f"{dst} exists and differs from the {target.name} target's; init into a new directory")
+    else:
+        missing = [p for p in (*target.editable, *target.fixed) if not (root / p).is_file()]
+        if missing:
+            raise InitError(f"missing in {root}: {', '.join(missing)} (create them first, or use --target)")
+
+    # 1. the target's files and the .gitignore on the current branch: the session's base
+    if target.source_dir is not None:
+        for rel in (*target.fixed, *target.editable):
+            dst = root / rel
+            if not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(target.source_dir / rel, dst)
+                done.append(f"copied {rel} from the {target.name} target")
+    gitignore = root / ".gitignore"
+    wanted = (TEMPLATES / "gitignore").read_text(encoding="utf-8")
+    have = gitignore.read_text(encoding="utf-8") if gitignore.exists() else ""
+    lines_missing = [ln for ln in wanted.splitlines() if ln and not ln.startswith("#") and ln not in have.splitlines()]
+    if lines_missing:
+        gitignore.write_text(have + ("\n" if have and not have.endswith("\n") else "") + wanted, encoding="utf-8")
+        done.append("added autoresearch.jsonl, run.log and .autoresearch/ to .gitignore")
+    base_paths = [".gitignore", *target.fixed, *target.editable]
+    if not ws.has_commits() or any(p in ws.changed_paths() for p in base_paths):
+        ws.commit_all(f"autoresearch: {target.name} target files", paths=base_paths)
+        done.append("committed the target's files")
+
+    # 2. the session branch and its files
+    ws.create_branch(branch)
+    done.append(f"created branch {branch}")
+    if cpu_budget:
+        done.append(f"no CUDA device found: using the target's CPU time budget of {budget:g} s")
+    for rel, content in session_files.items():
+        _write_new(root / rel, content, executable=rel.endswith(".sh"))
     measured = [*target.fixed, "autoresearch.sh", *(["autoresearch.checks.sh"] if checks else [])]
     cfg = config_mod.with_overrides(cfg, fixed_hashes={p: sha256_file(root / p) for p in measured})
     config_mod.save(root, cfg)
     ws.commit_all(f"autoresearch: session setup ({target.name}, {branch})")
-    done.append("wrote autoresearch.md, autoresearch.ideas.md, autoresearch.sh, autoresearch.toml and committed them")
+    done.append(f"wrote {', '.join(session_files)} and autoresearch.toml, and committed them")
 
     lpath = ledger.ledger_path(root)
     state = ledger.load_state(lpath)

@@ -67,14 +67,15 @@ def mad_sigma(values: Sequence[float]) -> float:
 def mad_confidence(values: Sequence[float], baseline: float | None, best: float | None) -> float | None:
     """The seed's / pi-autoresearch's confidence: |best kept - baseline| / MAD.
 
-    `values` are the segment's metric values with crashes excluded. Following
-    pi-autoresearch's computeConfidence, non-positive and non-finite values are ignored
-    (crash rows log metric 0 there). Undefined (None) with fewer than 3 points, MAD 0,
+    `values` are the segment's metric values with crashes excluded by the caller (by
+    status). pi-autoresearch instead drops values <= 0 because its crash rows carry
+    metric 0; we do not, so negative metrics (log-likelihoods, rewards) work.
+    Non-finite values are ignored. Undefined (None) with fewer than 3 points, MAD 0,
     no baseline/best, or best == baseline.
     """
     if baseline is None or best is None or best == baseline:
         return None
-    pts = [v for v in values if math.isfinite(v) and v > 0]
+    pts = [v for v in values if math.isfinite(v)]
     if len(pts) < 3:
         return None
     spread = mad(pts)

@@ -4,5 +4,5 @@
 # The controller passes AUTORESEARCH_TIME_BUDGET, AUTORESEARCH_SEED, AUTORESEARCH_RUN and
 # AUTORESEARCH_CHECKPOINT in the environment.
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$$(dirname "$$0")"
 ${command}
