@@ -323,6 +323,19 @@ def test_exhausted_bool_raises(tmp_path: Path) -> None:
         MutateAgent().propose(_ctx(tmp_path, 2, history))
 
 
+def test_baseline_point_counts_as_tried(tmp_path: Path) -> None:
+    # The baseline run records no mutation; its point is known as the first attempt's base.
+    path = tmp_path / "train.py"
+    path.write_text("USE_NORM = True  # only knob\n")
+    first = MutateAgent().propose(_ctx(tmp_path, 2, []))  # kept: the file now has USE_NORM = False
+    history = [
+        PastRun(1, "keep", 1.0, "baseline", {"hypothesis": "baseline"}, 0),
+        PastRun(2, "keep", 2.0, first.description, first.asi, 0),
+    ]
+    with pytest.raises(AgentError, match="every nearby point has been tried"):
+        MutateAgent().propose(_ctx(tmp_path, 3, history))
+
+
 # ---------------------------------------------------------------- properties
 
 finite_floats = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300)

@@ -312,7 +312,9 @@ def choose_changes(
     """
     current = {n: c.value for n, c in constants.items()}
     here = freeze_point(current)
-    tried = {a.point for a in attempts} | {here}
+    # An attempt's starting point was run too (it was the kept file then): the baseline's
+    # point is only known this way, since the baseline run records no mutation.
+    tried = {a.point for a in attempts} | {a.base for a in attempts} | {here}
     level = Counter(ch.name for a in attempts if a.kept for ch in a.changes)
     failed_here = {(ch.name, ch.step) for a in attempts if not a.kept and a.base == here for ch in a.changes}
     paid: dict[tuple[str, Step], list[int]] = {}  # move -> runs that kept it, most recent first
