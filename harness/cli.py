@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment", type=int)
     p.add_argument("--confidence", type=float)
     p.add_argument("--asi", default="{}")
+
+    from harness import inspect_cli
+
+    inspect_cli.add_parsers(sub, _add_dir)
     return parser
 
 

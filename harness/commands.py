@@ -53,7 +53,9 @@ def _json_obj(text: str, flag: str) -> dict[str, Any]:
 
 
 def dispatch(args: argparse.Namespace) -> int:
-    handler = {
+    from harness.inspect_cli import HANDLERS
+
+    handler = HANDLERS.get(args.command) or {
         "init": cmd_init,
         "run": cmd_run,
         "experiment": cmd_experiment,
