@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The main job on the offline default: install, create a pretrain workspace on the local
+# corpus (no network), and let the offline `mutate` agent run a few experiments.
+#
+#   bash scripts/quickstart.sh                       # workspace in ./runs/quickstart, 5 experiments
+#   DIR=~/runs/night1 ITERATIONS=100 bash scripts/quickstart.sh
+#
+# On a CPU the pretrain target uses a 60 s budget per experiment; on a GPU, 300 s.
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+dir="${DIR:-$repo/runs/quickstart}"
+iterations="${ITERATIONS:-5}"
+bash "$repo/scripts/setup.sh"
+export PATH="$repo/.venv/bin:$PATH"
+if [[ -f "$dir/autoresearch.toml" ]]; then
+  echo "quickstart: $dir already is a workspace; continuing that session"
+else
+  autoresearch init "$dir" --target pretrain --dataset local
+fi
+autoresearch -C "$dir" run --max-iterations "$iterations"
+autoresearch -C "$dir" status
