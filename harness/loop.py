@@ -33,7 +33,7 @@ import orjson
 from harness import ledger
 from harness.agents.base import Agent, AgentError, PastRun, Proposal, ProposalContext
 from harness.config import Config
-from harness.decision import Decision, decide
+from harness.decision import Decision, Status, decide
 from harness.metrics import parse_metrics
 from harness.runner import RunResult, run_command
 from harness.stats import mad_confidence
@@ -455,19 +455,29 @@ class Controller:
         elif proposal is None:
             if agent is None:
                 raise ControllerError("no agent and no proposal")
-            proposal = agent.propose(self._context(state))
+            proposal = self._propose(agent, state, run, t0)
+            if isinstance(proposal, IterationResult):
+                return proposal
         _fault("after_propose")
 
         asi = dict(proposal.asi)
-        agent_info = dict(proposal.usage or {})
-        if proposal.model:
-            agent_info["model"] = proposal.model
-        if agent is not None and not baseline:
-            agent_info["name"] = agent.name
+        agent_info = self._agent_info(agent if not baseline else None, proposal)
         diff_info: dict[str, Any] | None = None
         if not baseline:
             self._commit_notes(run)
             refused, diff_info = self._validate(state, run)
+            if refused is not None and refused.reason.startswith("duplicate") and agent is not None:
+                # A repeat is told back to the agent once, with the fact; a second repeat is logged.
+                self.ws.discard_working_changes(self.ws.changed_paths())
+                retry = self._propose(agent, state, run, t0, feedback=f"Your proposal was refused: {refused.reason}. "
+                                      "Propose a different change.")
+                if isinstance(retry, IterationResult):
+                    return retry
+                proposal = retry
+                asi = dict(proposal.asi)
+                agent_info = _add_usage(agent_info, self._agent_info(agent, proposal))
+                self._commit_notes(run)
+                refused, diff_info = self._validate(state, run)
             if refused is not None:
                 rec = self._record(
                     run=run,
@@ -561,6 +571,40 @@ class Controller:
             )
         return IterationResult(rec, decision, stop)
 
+    def _propose(
+        self, agent: Agent, state: ledger.LedgerState, run: int, t0: float, feedback: str | None = None
+    ) -> Proposal | IterationResult:
+        """Ask the agent. A failure that cost something (an LLM call) is logged as a crash with its
+        usage and the loop goes on; an agent that cannot propose at all raises AgentError."""
+        try:
+            return agent.propose(self._context(state, feedback))
+        except AgentError as exc:
+            usage = getattr(exc, "usage", None)
+            if usage is None:
+                raise
+            decision = Decision("crash", f"the agent failed to propose: {exc}")
+            changed = self.ws.changed_paths()
+            if changed:  # whatever it edited before failing is saved, then undone
+                patch, _ = self.ws.working_diff()
+                _atomic_write(self.state_dir / "patches" / f"{run}.diff", patch.encode())
+                self.ws.discard_working_changes(changed)
+            rec = self._record(
+                run=run, commit=self.ws.head(), metrics={}, decision=decision, description="(proposal failed)",
+                asi={"hypothesis": "(none: the proposal failed)"}, duration_s=self.clock() - t0, diff=None,
+                agent={**usage, "name": agent.name, **({"model": exc.model} if getattr(exc, "model", None) else {})},
+            )
+            ledger.append(self.ledger_path, rec)
+            return IterationResult(rec, decision)
+
+    @staticmethod
+    def _agent_info(agent: Agent | None, proposal: Proposal) -> dict[str, Any]:
+        info = dict(proposal.usage or {})
+        if proposal.model:
+            info["model"] = proposal.model
+        if agent is not None:
+            info["name"] = agent.name
+        return info
+
     def _commit_notes(self, run: int) -> None:
         """Edits to the session notes are learnings, not experiments: commit them on their own so a
         revert of the experiment never loses them."""
@@ -575,9 +619,9 @@ class Controller:
         info = {**stats.as_dict(), "sha": digest}
         changed = self.ws.changed_paths()
 
-        def refuse(reason: str) -> tuple[Decision, dict[str, Any]]:
+        def refuse(reason: str, status: Status = "checks_failed") -> tuple[Decision, dict[str, Any]]:
             _atomic_write(self.state_dir / "patches" / f"{run}.diff", patch.encode())
-            return Decision("checks_failed", reason), info
+            return Decision(status, reason), info
 
         if not changed:
             return refuse("the proposal changed nothing")
@@ -589,7 +633,8 @@ class Controller:
             return refuse("fixed files changed: " + "; ".join(bad))
         seen = next((r for r in reversed(state.runs) if (r.diff or {}).get("sha") == digest), None)
         if seen is not None:
-            return refuse(f"the same change as experiment #{seen.run} ({seen.description!r}, {seen.status})")
+            return refuse(f"duplicate: the same change as experiment #{seen.run} ({seen.description!r}, "
+                          f"{seen.status})", "discard")
         return None, info
 
     def _run(self, run: int) -> RunResult:
@@ -688,6 +733,15 @@ class Controller:
                 "can look at what is going wrong (`autoresearch log --last 20`). Raise --max-failure-streak to go on."
             )
         return None
+
+
+def _add_usage(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Usage of two requests together: numbers add up, the rest is taken from the later one."""
+    out = {**a, **b}
+    for k in a.keys() & b.keys():
+        if isinstance(a[k], int | float) and isinstance(b[k], int | float) and not isinstance(a[k], bool):
+            out[k] = a[k] + b[k]
+    return out
 
 
 def format_result(rec: dict[str, Any], cfg: Config) -> str:

@@ -104,8 +104,9 @@ def test_duplicate_change_is_refused(tmp_path: Path) -> None:
     cli(root, "experiment", "-d", "LR 0.5 again", "--asi", '{"hypothesis": "h"}')
     rs = runs(root)
     assert rs[1].status == "discard"
-    assert rs[2].status == "checks_failed"
-    assert "same change as experiment #2" in rs[2].asi["rollback_reason"]
+    assert rs[2].status == "discard"  # a repeat is not an integrity failure, and is never run
+    assert rs[2].asi["rollback_reason"].startswith("duplicate: the same change as experiment #2")
+    assert not (root / ".autoresearch" / "runs" / "3.log").exists()
 
 
 def test_normalized_diff_hash_ignores_line_numbers() -> None:
@@ -336,3 +337,76 @@ def _assert_consistent(root: Path) -> None:
     assert git(root, "status", "--porcelain") == ""
     res = cli_proc(root, "status", "--json")
     assert json.loads(res.stdout)["consistency"].startswith("ok"), res.stdout
+
+
+class ScriptedAgent:
+    """Applies a scripted list of LR values; records the feedback it was given."""
+
+    name = "scripted"
+
+    def __init__(self, values: list[str | Exception]):
+        self.values = values
+        self.feedback: list[str | None] = []
+
+    def propose(self, ctx):
+        from harness.agents.base import Proposal
+
+        self.feedback.append(ctx.feedback)
+        v = self.values.pop(0)
+        if isinstance(v, Exception):
+            raise v
+        set_constant(ctx.root, "LR", v)
+        return Proposal(f"LR {v}", {"hypothesis": "scripted"}, usage={"input_tokens": 10, "cost_usd": 0.01}, model="m1")
+
+
+def _controller(root: Path):
+    from harness.loop import Controller
+
+    return Controller(root, config_mod.load(root), printer=lambda s: None, progress=False)
+
+
+def test_duplicate_goes_back_to_the_agent_once_then_is_logged(tmp_path: Path) -> None:
+    root = make_toy(tmp_path / "ws")
+    ctl = _controller(root)
+    agent = ScriptedAgent(["0.5", "0.5", "0.02", "0.5", "0.5", "0.5"])
+    ctl.iterate(agent)  # baseline
+    assert ctl.iterate(agent).decision.status == "discard"  # 0.5: worse
+    res = ctl.iterate(agent)  # 0.5 again -> told, then 0.02 -> runs
+    assert agent.feedback[-1] and "duplicate" in agent.feedback[-1]
+    assert res.record["description"] == "LR 0.02" and res.decision.status == "keep"
+    assert res.record["agent"]["input_tokens"] == 20 and res.record["agent"]["cost_usd"] == 0.02  # both requests
+    assert ctl.iterate(agent).decision.reason.startswith("worse")  # 0.5 from the new base is a new diff
+    res = ctl.iterate(agent)  # 0.5 twice in a row -> logged as a duplicate discard, never run
+    assert res.decision.status == "discard" and res.decision.reason.startswith("duplicate")
+    assert not (root / ".autoresearch" / "runs" / f"{res.record['run']}.log").exists()
+    assert git(root, "status", "--porcelain") == ""
+
+
+def test_a_failed_proposal_with_usage_is_logged_and_the_loop_goes_on(tmp_path: Path) -> None:
+    from harness.agents.base import AgentError
+
+    class Failed(AgentError):
+        usage = {"input_tokens": 5, "cost_usd": 0.003}
+
+    root = make_toy(tmp_path / "ws")
+    ctl = _controller(root)
+    agent = ScriptedAgent(["0.02", Failed("the model never submitted within 12 turns"), "0.03"])
+    from harness.loop import StopRules
+
+    why = ctl.run_loop(agent, StopRules(max_iterations=4))
+    assert "max-iterations" in why
+    rs = runs(root)
+    assert [r.status for r in rs] == ["keep", "keep", "crash", "keep"]
+    assert rs[2].description == "(proposal failed)" and "never submitted" in rs[2].asi["rollback_reason"]
+    assert rs[2].agent["cost_usd"] == 0.003
+    assert rs[1].agent == {"input_tokens": 10, "cost_usd": 0.01, "model": "m1", "name": "scripted"}
+
+
+def test_an_agent_that_cannot_propose_stops_the_loop(tmp_path: Path) -> None:
+    from harness.agents.base import AgentError
+    from harness.loop import StopRules
+
+    root = make_toy(tmp_path / "ws")
+    why = _controller(root).run_loop(ScriptedAgent([AgentError("nothing left to try")]), StopRules(max_iterations=3))
+    assert "could not propose" in why and "nothing left to try" in why
+    assert len(runs(root)) == 1  # the baseline ran; nothing else was logged
