@@ -327,8 +327,11 @@ def load_state(path: Path) -> LedgerState:
 
 def encode(obj: dict[str, Any]) -> bytes:
     """One ledger line. Keys with value None inside `asi` are dropped; an empty asi is omitted."""
-    if "asi" in obj and not obj["asi"]:
-        obj = {k: v for k, v in obj.items() if k != "asi"}
+    if "asi" in obj:
+        asi = obj["asi"]
+        if isinstance(asi, dict):
+            asi = {k: v for k, v in asi.items() if v is not None}
+        obj = {k: (asi if k == "asi" else v) for k, v in obj.items() if k != "asi" or asi}
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
 
 
@@ -363,22 +366,27 @@ def set_aside_torn_tail(path: Path, aside_dir: Path, stamp: str) -> Path | None:
     """Move a torn last line out of the ledger into `aside_dir`; returns where it went.
 
     This is the one place the ledger is shortened: only the bytes of an unterminated,
-    unparseable last line, after they are safely written elsewhere.
+    unparseable last line, after they are safely written elsewhere. The file is read under
+    the same lock `append` takes, so a line appended meanwhile is never cut off.
     """
-    lf = read_ledger(path)
-    if lf.torn_offset is None:
+    if not path.exists():
         return None
-    data = path.read_bytes()
-    aside_dir.mkdir(parents=True, exist_ok=True)
-    dest = aside_dir / f"torn-line-{stamp}.jsonl"
-    dest.write_bytes(data[lf.torn_offset :])
-    with open(dest, "rb+") as f:
-        os.fsync(f.fileno())
     with open(path, "rb+") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        f.truncate(lf.torn_offset)
-        os.fsync(f.fileno())
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        try:
+            data = f.read()
+            torn_offset = parse_lines(data).torn_offset
+            if torn_offset is None:
+                return None
+            aside_dir.mkdir(parents=True, exist_ok=True)
+            dest = aside_dir / f"torn-line-{stamp}.jsonl"
+            dest.write_bytes(data[torn_offset:])
+            with open(dest, "rb+") as g:
+                os.fsync(g.fileno())
+            f.truncate(torn_offset)
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
     return dest
 
 
