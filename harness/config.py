@@ -75,6 +75,10 @@ class Config:
         return max(2 * self.time_budget_s, self.time_budget_s + 300)
 
 
+# TOML basic strings allow no raw control characters but tab; \uXXXX covers the rest
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -83,8 +87,7 @@ def _toml_value(v: Any) -> str:
             return "inf" if v > 0 else "-inf"
         return repr(v)
     if isinstance(v, str):
-        escaped = v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
-        return f'"{escaped}"'
+        return '"' + "".join(_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if c < " " or c == "\x7f" else c) for c in v) + '"'
     if isinstance(v, list | tuple):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
@@ -142,11 +145,25 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+_TABLES = {
+    "session": (lambda v: isinstance(v, dict), "a table, [session]"),
+    "metric": (lambda v: isinstance(v, dict), "a table, [metric]"),
+    "fixed_hashes": (lambda v: isinstance(v, dict), "a table, [fixed_hashes]"),
+    "guards": (lambda v: isinstance(v, list) and all(isinstance(g, dict) for g in v), "tables, [[guards]]"),
+}
+
+
 def loads(text: str, where: str = CONFIG_NAME) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(_TABLES))
+    if unknown:  # a misspelt table ([metrics]) would otherwise be ignored and its defaults used
+        raise ConfigError(f"{where}: unknown table(s) or key(s) outside [session]: {', '.join(unknown)}")
+    for k, (ok, spelling) in _TABLES.items():
+        if k in data and not ok(data[k]):
+            raise ConfigError(f"{where}: {k} must be written as {spelling}")
     session = dict(data.get("session", {}))
     session["metric"] = _build(MetricSpec, data.get("metric", {}), f"{where} [metric]")
     session["fixed_hashes"] = dict(data.get("fixed_hashes", {}))
@@ -156,8 +173,50 @@ def loads(text: str, where: str = CONFIG_NAME) -> Config:
     return cfg
 
 
+def _is_num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _type_problems(cfg: Config) -> list[str]:
+    """Values of the wrong TOML type (`time_budget_s = "300"`), found before any check
+    compares or strips them."""
+    want = {
+        "a string": (lambda x: isinstance(x, str), ("name", "command", "target", "agent", "revert", "branch")),
+        "a string or absent": (lambda x: x is None or isinstance(x, str), ("checks_command", "prepare_command", "model")),
+        "a number": (_is_num, ("time_budget_s", "checks_timeout_s", "tolerance")),
+        "a number or absent": (lambda x: x is None or _is_num(x), ("timeout_s",)),
+        "an integer": (lambda x: isinstance(x, int) and not isinstance(x, bool), ("seed", "max_failure_streak")),
+        "a list of paths": (
+            lambda x: isinstance(x, tuple | list) and all(isinstance(p, str) for p in x),
+            ("editable", "fixed"),
+        ),
+    }
+    problems = [
+        f"{name} must be {what}, not {getattr(cfg, name)!r}"
+        for what, (ok, names) in want.items()
+        for name in names
+        if not ok(getattr(cfg, name))
+    ]
+    for k in ("name", "unit", "direction"):
+        if not isinstance(getattr(cfg.metric, k), str):
+            problems.append(f"metric.{k} must be a string, not {getattr(cfg.metric, k)!r}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in cfg.fixed_hashes.items()):
+        problems.append("fixed_hashes must map file paths to sha256 strings")
+    for g in cfg.guards:
+        if not isinstance(g.metric, str):
+            problems.append(f"guards.metric must be a string, not {g.metric!r}")
+        for k in ("max_worse_pct", "unless_gain"):
+            if not _is_num(getattr(g, k)):
+                problems.append(f"guard {g.metric!r}: {k} must be a number, not {getattr(g, k)!r}")
+        if g.direction not in ("lower", "higher"):
+            problems.append(f"guard {g.metric!r}: direction must be lower or higher, not {g.direction!r}")
+    return problems
+
+
 def validate(cfg: Config, where: str = CONFIG_NAME) -> None:
-    problems = []
+    problems = _type_problems(cfg)
+    if problems:  # the checks below would raise TypeError on these
+        raise ConfigError(f"{where}: " + "; ".join(problems))
     if not cfg.command.strip():
         problems.append("command is empty")
     if cfg.metric.direction not in ("lower", "higher"):
