@@ -18,12 +18,13 @@ treat a crash or a checks_failed row's metric as a result (see `RunRecord.value`
 from __future__ import annotations
 
 import fcntl
+import gc
 import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 import orjson
 
@@ -56,8 +57,10 @@ class SessionHeader:
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
-@dataclass(frozen=True)
-class RunRecord:
+class RunRecord(NamedTuple):
+    """One run line. A NamedTuple rather than a frozen dataclass: equally immutable, and about
+    six times cheaper to build, which is most of the cost of reading a 100,000-line ledger."""
+
     run: int
     commit: str
     metric: float  # as written; 0 for crashes (seed compatibility): use `value`
@@ -72,7 +75,7 @@ class RunRecord:
     diff: dict[str, Any] | None = None
     agent: dict[str, Any] | None = None
     lineno: int = 0
-    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    raw: dict[str, Any] = {}  # noqa: RUF012 - never mutated; the decoded line
 
     @property
     def value(self) -> float | None:
@@ -94,9 +97,12 @@ Entry = SessionHeader | RunRecord
 
 
 def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, int | float):
-        return None
-    return float(x)
+    t = type(x)  # exact types: bool is an int subclass and must not count as a number
+    if t is float:
+        return x
+    if t is int:
+        return float(x)
+    return None
 
 
 def parse_entry(obj: Any, lineno: int = 0) -> Entry | None:
@@ -139,7 +145,8 @@ def parse_entry(obj: Any, lineno: int = 0) -> Entry | None:
         run=run,
         commit=str(obj.get("commit", "")),
         metric=metric if metric is not None else 0.0,
-        metrics={k: float(v) for k, v in metrics.items() if _num(v) is not None},
+        metrics=metrics if all(type(v) is float for v in metrics.values())
+        else {k: float(v) for k, v in metrics.items() if _num(v) is not None},
         status=status,
         description=str(obj.get("description", "")),
         timestamp=ts,
@@ -162,7 +169,22 @@ class LedgerFile:
 
 
 def parse_lines(data: bytes) -> LedgerFile:
-    """Parse a ledger's bytes. Never raises for content; bad lines are collected."""
+    """Parse a ledger's bytes. Never raises for content; bad lines are collected.
+
+    The cyclic garbage collector is paused meanwhile: a long ledger allocates hundreds of
+    thousands of small acyclic dicts, and the collector's passes over them cost more than
+    the parsing itself (measured: about half the time of a 100,000-line read).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _parse_lines(data)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _parse_lines(data: bytes) -> LedgerFile:
     entries: list[Entry] = []
     bad: list[BadLine] = []
     torn_offset: int | None = None
@@ -314,7 +336,7 @@ def fold(entries: Iterable[Entry], bad_lines: tuple[BadLine, ...] = ()) -> Ledge
 def _with_segment(r: RunRecord, segment: int) -> RunRecord:
     if r.segment == segment:
         return r
-    return RunRecord(**{**{f: getattr(r, f) for f in r.__dataclass_fields__}, "segment": segment})
+    return r._replace(segment=segment)
 
 
 def load_state(path: Path) -> LedgerState:
