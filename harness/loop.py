@@ -362,8 +362,9 @@ class Controller:
         agent: dict[str, Any] | None = None,
         confidence: float | None = None,
         extra: dict[str, Any] | None = None,
+        state: ledger.LedgerState | None = None,
     ) -> dict[str, Any]:
-        state = self.load_ledger()
+        state = state if state is not None else self.load_ledger()
         value = metrics.get(self.cfg.metric.name)
         asi = dict(asi)
         if decision.status != "keep":
@@ -490,6 +491,7 @@ class Controller:
                     diff=diff_info,
                     agent=agent_info,
                     confidence=seg.confidence if seg else None,
+                    state=state,
                 )
                 ledger.append(self.ledger_path, rec)
                 self.ws.discard_working_changes(self.ws.changed_paths())
@@ -556,6 +558,7 @@ class Controller:
             confidence=self._confidence_after(state, value if decision.status in ("keep", "discard") else None,
                                               decision.status == "keep"),
             extra={"wall_s": round(res.wall_s, 3), "baseline": True} if baseline else {"wall_s": round(res.wall_s, 3)},
+            state=state,
         )
         ledger.append(self.ledger_path, rec)
         _fault("after_append")
@@ -592,6 +595,7 @@ class Controller:
                 run=run, commit=self.ws.head(), metrics={}, decision=decision, description="(proposal failed)",
                 asi={"hypothesis": "(none: the proposal failed)"}, duration_s=self.clock() - t0, diff=None,
                 agent={**usage, "name": agent.name, **({"model": exc.model} if getattr(exc, "model", None) else {})},
+                state=state,
             )
             ledger.append(self.ledger_path, rec)
             return IterationResult(rec, decision)
