@@ -71,7 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Recover from any interruption, then loop: propose, commit, run, decide, log, "
                        "revert what is not kept. First Ctrl-C finishes the current experiment; a second aborts it.")
     _add_dir(p)
-    p.add_argument("--agent", choices=["auto", "mutate"], help="who proposes experiments (default: autoresearch.toml)")
+    p.add_argument("--agent", choices=["auto", "mutate", "claude"],
+                   help="who proposes experiments: claude (Anthropic API, needs ANTHROPIC_API_KEY), mutate (offline), "
+                   "auto = claude when ANTHROPIC_API_KEY is set, else mutate (default: autoresearch.toml)")
+    p.add_argument("--model", help="the claude agent's model (default: autoresearch.toml, else the built-in default)")
+    p.add_argument("--max-cost", type=float, metavar="USD", help="stop once the agent's estimated spend reaches USD")
+    p.add_argument("--learn-every", type=int, metavar="N",
+                   help="the claude agent updates the learnings in autoresearch.md every N experiments (0 = never)")
     p.add_argument("--max-iterations", type=int, metavar="N", help="stop after N experiments")
     p.add_argument("--until", metavar="HH:MM", help="stop at this local time")
     p.add_argument("--max-hours", type=float, metavar="H", help="stop after H hours")

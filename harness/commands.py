@@ -123,7 +123,7 @@ def _print_recovery(found: list[str]) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     root = _root(args)
-    cfg = config_mod.with_overrides(_config(root), revert=args.discard)
+    cfg = config_mod.with_overrides(_config(root), revert=args.discard, model=args.model, learn_every=args.learn_every)
     try:
         until = parse_until(args.until, dt.datetime.now()) if args.until else None
     except ValueError as exc:
@@ -133,13 +133,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UserError(f"{flag} must be at least 1")
     if args.max_hours is not None and not (args.max_hours > 0 and math.isfinite(args.max_hours)):
         raise UserError("--max-hours must be a positive number")
+    if args.max_cost is not None and not (args.max_cost > 0 and math.isfinite(args.max_cost)):
+        raise UserError("--max-cost must be a positive number of US dollars")
+    if args.learn_every is not None and args.learn_every < 0:
+        raise UserError("--learn-every must be 0 (never) or more")
     rules = StopRules(
         max_iterations=args.max_iterations,
         until=until,
         max_hours=args.max_hours,
         max_failure_streak=args.max_failure_streak or cfg.max_failure_streak,
+        max_cost_usd=args.max_cost,
     )
-    agent = make_agent(args.agent or cfg.agent, seed=cfg.seed)
+    agent = make_agent(args.agent or cfg.agent, seed=cfg.seed, model=cfg.model)
     ctl = Controller(root, cfg)
     with WorkspaceLock(ctl.state_dir):
         _print_recovery(ctl.recover())

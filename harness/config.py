@@ -66,6 +66,7 @@ class Config:
     guards: tuple[Guard, ...] = ()
     revert: RevertMode = "revert"
     max_failure_streak: int = 20  # stop after this many consecutive non-keeps
+    learn_every: int = 5  # LLM agents rewrite the notes' learnings every N experiments (0 = never)
     branch: str = ""
 
     @property

@@ -93,7 +93,16 @@ class BadLine:
     torn: bool  # the last line, without a trailing newline: a write cut short
 
 
-Entry = SessionHeader | RunRecord
+class NoteRecord(NamedTuple):
+    """An agent's update of the session notes (`{"type":"learnings",...}`): no experiment, but it
+    cost tokens, so the fold counts its cost."""
+
+    after_run: Any
+    agent: dict[str, Any] | None
+    raw: dict[str, Any]
+
+
+Entry = SessionHeader | RunRecord | NoteRecord
 
 
 def _num(x: Any) -> float | None:
@@ -123,7 +132,10 @@ def parse_entry(obj: Any, lineno: int = 0) -> Entry | None:
             direction=direction,
             raw=obj,
         )
-    if "run" not in obj or "type" in obj:  # hook lines, calibration notes, other tools' records
+    if obj.get("type") == "learnings":
+        agent = obj.get("agent")
+        return NoteRecord(after_run=obj.get("after_run"), agent=agent if isinstance(agent, dict) else None, raw=obj)
+    if "run" not in obj or "type" in obj:  # hook lines, other tools' records
         return None
     run = obj["run"]
     if isinstance(run, bool) or not isinstance(run, int):
@@ -285,6 +297,12 @@ _DEFAULT_HEADER = SessionHeader(name="", metric_name="metric", metric_unit="", d
 class LedgerState:
     segments: tuple[Segment, ...]
     bad_lines: tuple[BadLine, ...] = ()
+    notes: tuple[NoteRecord, ...] = ()
+
+    @property
+    def cost_usd(self) -> float:
+        """The agents' estimated spend over the whole ledger: experiments and notes updates."""
+        return sum(_cost(r.agent) for r in self.runs) + sum(_cost(n.agent) for n in self.notes)
 
     @property
     def current(self) -> Segment | None:
@@ -316,8 +334,11 @@ def fold(entries: Iterable[Entry], bad_lines: tuple[BadLine, ...] = ()) -> Ledge
     segment 0 with a lower-is-better default header.
     """
     segments: list[tuple[SessionHeader, list[RunRecord]]] = []
+    notes: list[NoteRecord] = []
     for entry in entries:
-        if isinstance(entry, SessionHeader):
+        if isinstance(entry, NoteRecord):
+            notes.append(entry)
+        elif isinstance(entry, SessionHeader):
             if segments and not segments[-1][1]:
                 segments[-1] = (entry, segments[-1][1])
             else:
@@ -330,7 +351,13 @@ def fold(entries: Iterable[Entry], bad_lines: tuple[BadLine, ...] = ()) -> Ledge
     return LedgerState(
         segments=tuple(Segment(i, h, tuple(runs)) for i, (h, runs) in enumerate(segments)),
         bad_lines=bad_lines,
+        notes=tuple(notes),
     )
+
+
+def _cost(agent: dict[str, Any] | None) -> float:
+    v = (agent or {}).get("cost_usd")
+    return float(v) if type(v) in (int, float) else 0.0
 
 
 def _with_segment(r: RunRecord, segment: int) -> RunRecord:

@@ -123,6 +123,7 @@ class StopRules:
     until: float | None = None  # epoch seconds
     max_hours: float | None = None
     max_failure_streak: int = 20
+    max_cost_usd: float | None = None
 
 
 def parse_until(text: str, now: dt.datetime) -> float:
@@ -712,12 +713,42 @@ class Controller:
                     return f"the agent could not propose an experiment: {exc}"
                 done += 1
                 self.say(format_result(result.record, self.cfg))
+                self._maybe_update_learnings(agent, result)
                 if result.stop_reason:
                     return result.stop_reason
                 if self.interrupts.abort_requested:
                     return "aborted by the user"
         finally:
             self.interrupts.uninstall()
+
+    def _maybe_update_learnings(self, agent: Agent, result: IterationResult) -> None:
+        """Every `learn_every` experiments an agent that can (the LLM agent) rewrites the notes'
+        "What's been tried" and "Learnings" sections: committed as a notes commit, logged as a
+        `learnings` line with its cost. A failure here is reported and never stops the loop."""
+        update = getattr(agent, "update_learnings", None)
+        n = result.record["run"]
+        if update is None or not self.cfg.learn_every or result.record.get("baseline") or n % self.cfg.learn_every:
+            return
+        state = self.load_ledger()
+        try:
+            proposal = update(self._context(state))
+        except AgentError as exc:
+            self.say(f"note: updating the learnings failed: {exc}")
+            usage = getattr(exc, "usage", None)
+            if usage:
+                ledger.append(self.ledger_path, {"type": "learnings", "after_run": n, "timestamp": int(self.clock()),
+                                                 "status": "failed", "reason": str(exc), "agent": usage})
+            return
+        changed = [p for p in self.ws.changed_paths() if p in NOTES_FILES]
+        self.ws.discard_working_changes([p for p in self.ws.changed_paths() if p not in NOTES_FILES])
+        if proposal is None or not changed:
+            return
+        commit = self.ws.commit_all(f"autoresearch: learnings after experiment #{n}", paths=changed)
+        ledger.append(self.ledger_path, {
+            "type": "learnings", "after_run": n, "timestamp": int(self.clock()), "commit": short(commit),
+            "description": proposal.description, "agent": self._agent_info(agent, proposal),
+        })
+        self.say(f"       notes updated after experiment #{n} ({short(commit)})")
 
     def _should_stop(self, rules: StopRules, done: int, started: float) -> str | None:
         now = self.clock()
@@ -729,7 +760,11 @@ class Controller:
             return f"reached --until {dt.datetime.fromtimestamp(rules.until).strftime('%H:%M')}"
         if rules.max_hours is not None and now - started >= rules.max_hours * 3600:
             return f"reached --max-hours {rules.max_hours:g}"
-        seg = self.load_ledger().current
+        state = self.load_ledger()
+        if rules.max_cost_usd is not None and state.cost_usd >= rules.max_cost_usd:
+            return (f"reached --max-cost ${rules.max_cost_usd:g}: the agent has spent an estimated "
+                    f"${state.cost_usd:.2f} on this ledger")
+        seg = state.current
         streak = seg.failure_streak() if seg else 0
         if streak >= rules.max_failure_streak:
             return (

@@ -29,7 +29,7 @@ def status_data(cfg: Config, state: LedgerState, *, branch: str | None, head: st
     last = state.last_run()
     conf = seg.confidence if seg else None
     direction = cfg.metric.direction
-    cost = sum(float((r.agent or {}).get("cost_usd", 0) or 0) for r in state.runs)
+    cost = state.cost_usd
     return {
         "name": cfg.name,
         "goal": goal,
