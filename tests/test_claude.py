@@ -320,7 +320,6 @@ def test_update_learnings_rewrites_only_its_two_sections(fake, ws) -> None:
     assert after.split("## What's been tried")[0] == before.split("## What's been tried")[0]
     req = fake.requests[0].json
     assert {t["name"] for t in req["tools"]} == {"read_file", "update_notes"}
-    assert req["system"] == fake.requests[0].json["system"]  # same cacheable prefix as proposals
     # the same notes again: nothing changed, nothing to commit
     fake.push(message(tool_use("update_notes", {"whats_been_tried": "- LR: 0.01 baseline (#1)",
                                                 "learnings": "- nothing yet beyond the baseline (#1)"})))
@@ -355,7 +354,7 @@ def test_read_file_confinement(ws, tmp_path) -> None:
     (ws / "notes.txt").write_text(f"a key pasted by mistake: {KEY}\n")
     for bad, why in [("../secret.txt", "outside"), ("link.txt", "outside"), ("/etc/passwd", "outside"),
                      (".git/config", ".git"), (".autoresearch/state.json", "runs/"), (".env", "credentials"),
-                     ("missing.py", "does not exist"), ("", "non-empty")]:
+                     ("missing.py", "does not exist"), ("", "non-empty"), ("a\0b", "invalid path")]:
         with pytest.raises(ToolError, match=why):
             t.read_file({"path": bad})
     assert "[redacted]" in t.read_file({"path": "notes.txt"}) and KEY not in t.read_file({"path": "notes.txt"})
@@ -367,6 +366,9 @@ def test_read_file_confinement(ws, tmp_path) -> None:
     shown = t.read_file({"path": "big.log"})
     assert "characters cut" in shown and "line 19999" in shown and len(shown) < 32_000
     assert t.read_file({"path": "big.log", "start_line": 100, "max_lines": 2}).endswith("line 99\nline 100")
+    with open(ws / "huge.bin", "wb") as f:  # sparse: 9 MB of NULs, never read whole
+        f.truncate(9_000_000)
+    assert "binary file" in t.read_file({"path": "huge.bin"})
 
 
 def test_edit_file_needs_a_unique_exact_match(ws) -> None:

@@ -40,6 +40,7 @@ DEFAULT_MODEL = "claude-sonnet-5-5"
 MAX_TOKENS = 16_000  # per response; room for adaptive thinking plus a whole-file write
 REQUEST_TIMEOUT_S = 600.0
 READ_MAX_CHARS = 30_000  # read_file shows head + tail beyond this, or a line window on request
+BIG_FILE_BYTES = 8_000_000  # beyond this read_file never loads the whole file
 BACKOFF_FIRST_S = 5.0
 BACKOFF_CAP_S = 300.0
 MAX_BACKOFF_ATTEMPTS = 8  # retries without a retry-after header
@@ -312,7 +313,10 @@ class WorkspaceTools:
     def resolve(self, path: Any) -> tuple[Path, str]:
         if not isinstance(path, str) or not path.strip():
             raise ToolError("path must be a non-empty string")
-        full = (self.root / path.strip()).resolve()
+        try:
+            full = (self.root / path.strip()).resolve()
+        except (ValueError, OSError) as exc:  # an embedded NUL, a symlink loop
+            raise ToolError(f"invalid path {path!r}: {exc}") from None
         if not full.is_relative_to(self.root):
             raise ToolError(f"{path} is outside the workspace; only files inside it can be read")
         rel = full.relative_to(self.root).as_posix()
@@ -345,6 +349,18 @@ class WorkspaceTools:
             return f"{rel}/ ({len(entries)} entries)\n" + "\n".join(shown) + more
         if not full.exists():
             raise ToolError(f"{rel} does not exist")
+        if not full.is_file():
+            raise ToolError(f"{rel} is not a regular file")
+        size = full.stat().st_size
+        if size > BIG_FILE_BYTES:  # a dataset or checkpoint: never load it whole
+            with open(full, "rb") as f:
+                head = f.read(READ_MAX_CHARS // 3)
+                f.seek(max(size - 2 * READ_MAX_CHARS // 3, 0))
+                tail = f.read()
+            if b"\0" in head:
+                return f"{rel} is a binary file ({size} bytes); not shown"
+            return self.scrub(f"{head.decode('utf-8', 'replace')}\n[... {size} bytes in all; only the head and "
+                              f"tail of a file this large are shown ...]\n{tail.decode('utf-8', 'replace')}")
         data = full.read_bytes()
         if b"\0" in data[:8192]:
             return f"{rel} is a binary file ({len(data)} bytes); not shown"
