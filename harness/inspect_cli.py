@@ -138,7 +138,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     _write(out, report.chart_bytes(state, report.session_name(state, root.name), fmt))
     segs = sum(1 for s in state.segments if s.runs)
-    print(f"wrote {out} ({len(state.runs)} runs, {report.kept_improvements(state)} kept improvements, "
+    n, k = len(state.runs), report.kept_improvements(state)
+    print(f"wrote {out} ({n} run{'s' if n != 1 else ''}, {k} kept improvement{'s' if k != 1 else ''}, "
           f"{segs} segment{'s' if segs != 1 else ''}; {time.perf_counter() - t0:.1f}s)")
     return 0
 

@@ -180,6 +180,8 @@ def draw_chart(state: LedgerState, title: str) -> Any:
 
 
 def _draw_segment(ax: Any, seg: Segment, renderer: Any, strip: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     pts = points(seg)
     d = seg.direction
     up_is_better = gain(1.0, 0.0, d) > 0
@@ -197,6 +199,7 @@ def _draw_segment(ax: Any, seg: Segment, renderer: Any, strip: Any) -> None:
                   fontsize=9)
     ax.tick_params(labelsize=8)
     ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     xs_all = [p.r.run for p in pts]
     ax.set_xlim(min(xs_all) - 0.5 - 0.01 * len(pts), max(xs_all) + 0.5 + 0.01 * len(pts))
     if not kept:  # only crashes so far
@@ -220,8 +223,9 @@ def _draw_segment(ax: Any, seg: Segment, renderer: Any, strip: Any) -> None:
     inside = [p for p in others if y0 <= p.r.value <= y1]
     above = [p.r.run for p in others if p.r.value > y1]
     below = [p.r.run for p in others if p.r.value < y0]
-    ax.scatter([p.r.run for p in inside], [p.r.value for p in inside], s=11, color=COLORS["discard"],
-               alpha=0.45, lw=0, zorder=2)
+    few = len(pts) <= 200  # bigger, darker dots when there are few of them
+    ax.scatter([p.r.run for p in inside], [p.r.value for p in inside], s=22 if few else 11, color=COLORS["discard"],
+               alpha=0.6 if few else 0.45, lw=0, zorder=2)
     ax.scatter(above, [0.985] * len(above), transform=strip, marker="^", s=16, color=COLORS["discard"],
                alpha=0.7, lw=0, zorder=2)
     ax.scatter(below, [0.12] * len(below), transform=strip, marker="v", s=16, color=COLORS["discard"],
@@ -340,7 +344,7 @@ def _asi_html(r: RunRecord) -> str:
         items.append(("reason", reason))
     out = []
     for k, v in items:
-        text = v if isinstance(v, str) else json.dumps(v, indent=1, ensure_ascii=False, default=str)
+        text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str, separators=(", ", ": "))
         out.append(f"<dt>{esc(k)}</dt><dd>{esc(text)}</dd>")
     return "<dl>" + "".join(out) + "</dl>"
 
@@ -400,7 +404,8 @@ def summary_html(state: LedgerState) -> str:
     cards = [
         ("baseline", f"{_fmt(base)}{unit}", f"run #{seg.baseline_run.run}" if seg.baseline_run else ""),
         ("best", f"{_fmt(best)}{unit}",
-         f"run #{best_run.run} · {best_run.commit}" if best_run and best_run is not seg.baseline_run else "the baseline"),
+         "" if best_run is None else "the baseline" if best_run is seg.baseline_run
+         else f"run #{best_run.run} · {best_run.commit}"),
         ("improvement", _pct(imp), f"{seg.header.metric_name}, {d} is better"),
         ("confidence", "-" if conf is None else f"{conf:.2f}×",
          f"{band_text}; noise floor (MAD) {_fmt(noise, 3)}"),

@@ -125,7 +125,7 @@ def test_plot_writes_png_svg_pdf_for_both_directions(tmp_path: Path, capsys) -> 
         assert "<svg" in svg and "raise LR" in svg and "<script" not in svg
         assert cli(root, "plot", "-o", "chart.pdf") == 0
         assert (root / "chart.pdf").read_bytes()[:4] == b"%PDF"
-    assert "1 kept improvement" not in capsys.readouterr().out  # 2 kept improvements, plural
+    assert "(7 runs, 2 kept improvements, 1 segment;" in capsys.readouterr().out
 
 
 def test_chart_with_1000_runs_labels_at_most_40_per_panel_without_overlaps(tmp_path: Path) -> None:
