@@ -410,3 +410,13 @@ def test_an_agent_that_cannot_propose_stops_the_loop(tmp_path: Path) -> None:
     why = _controller(root).run_loop(ScriptedAgent([AgentError("nothing left to try")]), StopRules(max_iterations=3))
     assert "could not propose" in why and "nothing left to try" in why
     assert len(runs(root)) == 1  # the baseline ran; nothing else was logged
+
+
+def test_inspection_outputs_do_not_trip_the_scope_check(tmp_path: Path) -> None:
+    root = make_toy(tmp_path / "ws")
+    cli(root, "experiment", "-d", "baseline")
+    for name in ("progress.png", "report.html", "results.tsv"):
+        (root / name).write_text("output")
+    set_constant(root, "LR", "0.02")
+    cli(root, "experiment", "-d", "LR 0.02", "--asi", '{"hypothesis": "h"}')
+    assert runs(root)[-1].status == "keep"
