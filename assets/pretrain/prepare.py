@@ -1,0 +1,834 @@
+"""
+Fixed data preparation and evaluation for the autoresearch pretrain target.
+
+The agent edits train.py; this file is fixed (the harness hashes it). It holds the constants train.py
+imports, the two data sources behind one loader, the tokenizer, the BOS-aligned packing dataloader and
+evaluate_bpb, the metric.
+
+Usage (run once, before the baseline):
+    python prepare.py --dataset local                     # offline default: corpus from the Python stdlib
+    python prepare.py --dataset climbmix                  # karpathy/climbmix-400b-shuffle (HF Hub)
+    python prepare.py --dataset roneneldan/TinyStories    # any hub dataset repo with a `text` column
+    python prepare.py --dataset /data/my_parquet_dir      # a local directory of parquet files
+
+Environment (all optional):
+    AUTORESEARCH_CACHE_DIR     cache root (default ~/.cache/autoresearch); prepared data lives in <root>/pretrain/
+    AUTORESEARCH_DATASET       which prepared dataset train.py uses (default: the one prepared last)
+    AUTORESEARCH_TIME_BUDGET   training seconds (default 300)
+    AUTORESEARCH_SEED          random seed for train.py (default 42)
+    AUTORESEARCH_CHECKPOINT    directory train.py saves the final model to (default <root>/pretrain/checkpoint)
+
+Importing this module is cheap and has no side effects: nothing is downloaded or trained at import.
+"""
+
+import argparse
+import base64
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import sysconfig
+import time
+from bisect import bisect_right
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tiktoken
+import torch
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------
+# Constants (fixed; train.py imports them)
+# ---------------------------------------------------------------------------
+
+# Scale is fixed per machine class, not per run: a CUDA machine gets karpathy's sizes; anything else (CPU,
+# Apple MPS) a short context and a small eval set, so a 60 s CPU run finishes in well under 100 s of wall
+# time. Runs are only compared within one machine class, so this keeps the metric fixed per session.
+ON_CUDA = torch.cuda.is_available()
+MAX_SEQ_LEN = 2048 if ON_CUDA else 256  # context length, for training and for evaluation
+EVAL_TOKENS = 40 * 524288 if ON_CUDA else 64 * 1024  # validation tokens per evaluation
+TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", 300))  # training seconds; the harness sets it
+SEED = int(os.environ.get("AUTORESEARCH_SEED", 42))
+VOCAB_SIZE = 8192  # BPE vocabulary, special tokens included
+
+CACHE_DIR = os.environ.get("AUTORESEARCH_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "autoresearch")
+PRETRAIN_DIR = os.path.join(CACHE_DIR, "pretrain")  # one subdirectory per prepared dataset
+LAST_PREPARED = os.path.join(PRETRAIN_DIR, "last_prepared")  # names the dataset train.py uses by default
+CHECKPOINT_DIR = os.environ.get("AUTORESEARCH_CHECKPOINT") or os.path.join(PRETRAIN_DIR, "checkpoint")
+
+CLIMBMIX_REPO = "karpathy/climbmix-400b-shuffle"
+CLIMBMIX_VAL_SHARD = 6542  # the last shard is the pinned validation shard, as in karpathy/autoresearch
+
+# GPT-4's split pattern with numbers grouped by at most two digits (not three): with a vocabulary this
+# small, three-digit number tokens waste slots (karpathy/nanochat tokenizer.py makes the same change).
+SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+BOS_TOKEN = "<|bos|>"
+# Four special ids at the top of the vocabulary; the three unnamed ones are held for post-training targets.
+SPECIAL_TOKENS = [BOS_TOKEN, "<|reserved_1|>", "<|reserved_2|>", "<|reserved_3|>"]
+
+# Offline corpus: text files of the Python standard library, cut into documents of at most this many
+# characters (at blank lines when possible) so that several fit in one training row.
+LOCAL_DOC_CHARS = 1200
+LOCAL_MAX_FILE_BYTES = 2 * 1024 * 1024  # skip generated giants; pydoc_data/topics.py (the docs, 0.8 MB) stays in
+LOCAL_SUFFIXES = (".py", ".txt", ".rst", ".md")
+VAL_PERCENT = 5  # share of files (local corpus) or documents (single-file sources) held out for validation
+TOKENIZER_MAX_CHARS = 1_000_000_000  # tokenizer training reads at most this much of the train split
+TOKENIZER_DOC_CHARS = 10_000  # and at most this much of any one document
+
+NOT_PREPARED = "error: no prepared data in {where}; run `python prepare.py --dataset {dataset}` first"
+
+
+def _say(*parts) -> None:
+    print(*parts, flush=True)
+
+
+class _Progress:
+    """A small progress bar: redrawn in place on a terminal, a line every few seconds in a log file."""
+
+    def __init__(self, label: str, total: int, unit: str = ""):
+        self.label, self.total, self.unit = label, max(1, total), unit
+        self.n, self.t0, self.last = 0, time.time(), 0.0
+        self.tty = sys.stdout.isatty()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.time()
+        if now - self.last >= (0.2 if self.tty else 5.0):
+            self.last = now
+            self._draw(end="\r" if self.tty else "\n")
+
+    def close(self) -> None:
+        self._draw(end="\n")
+
+    def _draw(self, end: str) -> None:
+        frac = min(1.0, self.n / self.total)
+        bar = "#" * int(24 * frac)
+        print(
+            f"{self.label} [{bar:<24}] {100 * frac:5.1f}% {self.n:,}/{self.total:,}{self.unit} "
+            f"{time.time() - self.t0:5.1f}s",
+            end=end,
+            flush=True,
+        )
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# Datasets: which one, and where it lives in the cache
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """What `--dataset` names: kind is local | climbmix | hub | dir; slug names its cache directory."""
+
+    kind: str
+    name: str
+    slug: str
+
+
+def parse_dataset(spec: str) -> Source:
+    """Map a `--dataset` value to a Source. Raises ValueError with what to pass instead."""
+    if spec == "local":
+        return Source("local", "local", "local")
+    if spec == "climbmix":
+        return Source("climbmix", CLIMBMIX_REPO, "climbmix")
+    if os.path.isdir(spec):
+        path = os.path.abspath(spec)
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(path.rstrip(os.sep))) or "root"
+        return Source("dir", path, f"dir-{base}-{_sha256_hex(path.encode())[:8]}")
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", spec):
+        owner, name = spec.split("/")
+        return Source("hub", spec, f"hub-{owner}--{name}")
+    raise ValueError(
+        f"--dataset {spec!r} is not `local`, `climbmix`, an existing directory, or an owner/name hub repo"
+    )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A prepared dataset, read from its manifest.json (written last, so it exists only when complete)."""
+
+    dir: str
+    dataset: str
+    fingerprint: str  # content + tokenizer settings: val_bpb is comparable only between equal fingerprints
+    vocab_size: int
+    train_files: tuple[str, ...]
+    val_files: tuple[str, ...]
+    eval_tokens: int
+
+    @property
+    def tokenizer_dir(self) -> str:
+        return os.path.join(self.dir, "tokenizer")
+
+
+def _read_manifest(directory: str) -> dict | None:
+    try:
+        with open(os.path.join(directory, "manifest.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _prepared_from_manifest(directory: str, m: dict) -> Prepared:
+    def resolve(p: str) -> str:
+        return p if os.path.isabs(p) else os.path.join(directory, p)
+
+    return Prepared(
+        dir=directory,
+        dataset=m["dataset"],
+        fingerprint=m["fingerprint"],
+        vocab_size=m["vocab_size"],
+        train_files=tuple(resolve(p) for p in m["train_files"]),
+        val_files=tuple(resolve(p) for p in m["val_files"]),
+        eval_tokens=m.get("eval_tokens") or EVAL_TOKENS,
+    )
+
+
+def load_prepared(dataset: str | None = None) -> Prepared:
+    """The dataset to train on: `dataset`, else $AUTORESEARCH_DATASET, else the one prepared last.
+
+    Exits with a one-line message (status 1, no traceback) when nothing is prepared, so that train.py
+    run before prepare.py tells the user what to do.
+    """
+    spec = dataset or os.environ.get("AUTORESEARCH_DATASET")
+    if not spec:
+        try:
+            with open(LAST_PREPARED, encoding="utf-8") as f:
+                spec = f.read().strip()
+        except OSError:
+            sys.exit(NOT_PREPARED.format(where=PRETRAIN_DIR, dataset="local"))
+    if os.path.isdir(os.path.join(PRETRAIN_DIR, spec)) and os.sep not in spec:
+        slug = spec  # already a cache directory name
+    else:
+        try:
+            slug = parse_dataset(spec).slug
+        except ValueError as e:
+            sys.exit(f"error: AUTORESEARCH_DATASET: {e}")
+    directory = os.path.join(PRETRAIN_DIR, slug)
+    m = _read_manifest(directory)
+    if m is None:
+        sys.exit(NOT_PREPARED.format(where=directory, dataset=spec))
+    return _prepared_from_manifest(directory, m)
+
+
+# ---------------------------------------------------------------------------
+# Source (b): the offline corpus, built from text already on every machine
+# ---------------------------------------------------------------------------
+
+
+def _stdlib_files() -> list[tuple[str, str]]:
+    """(relative path, absolute path) of candidate text files in the stdlib, in a fixed shuffled order.
+
+    Ordering by a hash of the relative path (not alphabetically) makes a size-limited corpus a sample of
+    the whole library rather than its first few directories, and is the same on every machine.
+    """
+    root = sysconfig.get_paths()["stdlib"]
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in ("site-packages", "dist-packages", "__pycache__")]
+        for name in filenames:
+            if name.endswith(LOCAL_SUFFIXES):
+                path = os.path.join(dirpath, name)
+                found.append((os.path.relpath(path, root).replace(os.sep, "/"), path))
+    found.sort(key=lambda rel_abs: _sha256_hex(rel_abs[0].encode()))
+    return found
+
+
+def _read_text(path: str) -> str | None:
+    """The file as text, or None for what is not clean UTF-8 text (binary, other encodings, giants)."""
+    try:
+        if os.path.getsize(path) > LOCAL_MAX_FILE_BYTES:
+            return None
+        with open(path, "rb") as f:
+            raw = f.read()
+        if b"\x00" in raw:
+            return None
+        return raw.decode("utf-8").replace("\r\n", "\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def split_documents(text: str, max_chars: int = LOCAL_DOC_CHARS) -> list[str]:
+    """Cut text into documents of at most max_chars, at a blank line once half full, else at a line end.
+
+    A single line longer than max_chars becomes its own document. Whitespace-only pieces are dropped.
+    """
+    docs, cur, size = [], [], 0
+    for line in text.splitlines(keepends=True):
+        if cur and size + len(line) > max_chars:
+            docs.append("".join(cur))
+            cur, size = [], 0
+        cur.append(line)
+        size += len(line)
+        if not line.strip() and size >= max_chars // 2:
+            docs.append("".join(cur))
+            cur, size = [], 0
+    if cur:
+        docs.append("".join(cur))
+    return [d.strip("\n") for d in docs if d.strip()]
+
+
+def _is_val(key: str) -> bool:
+    return int(_sha256_hex(key.encode())[:8], 16) % 100 < VAL_PERCENT
+
+
+def build_local_corpus(max_bytes: int | None = None) -> tuple[list[str], list[str], str, dict]:
+    """Documents (train, val), a content fingerprint and a description of the stdlib corpus.
+
+    The split is by file (a file's documents are all train or all val, so no near-duplicate context
+    leaks across), decided by a hash of its relative path. max_bytes caps the corpus (tests use a few
+    hundred KB); None takes every file.
+    """
+    files, total = [], 0
+    for rel, path in _stdlib_files():
+        if max_bytes is not None and total >= max_bytes:
+            break
+        text = _read_text(path)
+        if text is None or not text.strip():
+            continue
+        files.append((rel, text))
+        total += len(text.encode("utf-8"))
+    if len(files) < 2:
+        raise RuntimeError(f"found only {len(files)} usable text files in {sysconfig.get_paths()['stdlib']}")
+    val_names = {rel for rel, _ in files if _is_val(rel)} or {files[0][0]}
+    if len(val_names) == len(files):
+        val_names.discard(files[-1][0])
+    digest = hashlib.sha256(f"local-v1 doc_chars={LOCAL_DOC_CHARS} val={VAL_PERCENT}\n".encode())
+    train, val = [], []
+    for rel, text in files:
+        digest.update(f"{rel}\0{_sha256_hex(text.encode('utf-8'))}\n".encode())
+        (val if rel in val_names else train).extend(split_documents(text))
+    info = {
+        "source": f"Python {sys.version.split()[0]} standard library at {sysconfig.get_paths()['stdlib']}",
+        "files": len(files),
+        "bytes": total,
+    }
+    return train, val, digest.hexdigest(), info
+
+
+def _write_shards(docs: list[str], directory: str, prefix: str, docs_per_shard: int = 100_000) -> list[str]:
+    """Write documents as parquet shards with a `text` column, the same format as the hub datasets."""
+    names = []
+    for i, start in enumerate(range(0, max(1, len(docs)), docs_per_shard)):
+        name = f"{prefix}_{i:05d}.parquet"
+        path = os.path.join(directory, name)
+        pq.write_table(pa.table({"text": docs[start : start + docs_per_shard]}), path + ".tmp", row_group_size=1024)
+        os.replace(path + ".tmp", path)
+        names.append(name)
+    return names
+
+
+# ---------------------------------------------------------------------------
+# Source (a): parquet shards from the Hugging Face Hub or a local directory
+# ---------------------------------------------------------------------------
+
+
+class PrepareError(RuntimeError):
+    """A preparation failure with a message meant for the user (printed without a traceback)."""
+
+
+def _hub_revision(repo_id: str) -> str:
+    """Resolve the dataset's current commit. Fails fast, with a clear message, when offline."""
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().repo_info(repo_id, repo_type="dataset").sha
+    except Exception as e:  # noqa: BLE001 - any failure here means "cannot use the hub now"; say why
+        raise PrepareError(
+            f"cannot reach the Hugging Face Hub for dataset {repo_id} ({type(e).__name__}: {e}). "
+            "If this machine is offline, use `--dataset local` (built from files already here) "
+            "or `--dataset /path/to/parquet/dir`."
+        ) from e
+
+
+def _hub_download(repo_id: str, filename: str, revision: str, local_dir: str, attempts: int = 4) -> str:
+    """Download one file into local_dir. huggingface_hub resumes partial downloads (.incomplete files) and
+    shows a byte progress bar; on top of its own request retries we retry the whole file a few times,
+    visibly, because shard downloads are long and a dropped connection should not end the preparation."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision, local_dir=local_dir)
+        except (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError, GatedRepoError) as e:
+            raise PrepareError(f"{repo_id}/{filename}: {type(e).__name__}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - network errors come in many types; all are worth a retry
+            if attempt == attempts:
+                raise PrepareError(
+                    f"download of {repo_id}/{filename} failed {attempts} times ({type(e).__name__}: {e}); "
+                    "rerun prepare.py to resume, or use `--dataset local` offline"
+                ) from e
+            wait = 2**attempt
+            _say(f"  attempt {attempt}/{attempts} for {filename} failed ({type(e).__name__}); retrying in {wait}s")
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+_EVAL_NAME = r"(^|[/_.-])({})([/_.-]|$)"
+
+
+def split_parquet_files(paths: list[str]) -> tuple[list[str], list[str]]:
+    """(train, val) among a dataset's parquet files, by name: validation files, else test files, else the
+    last file pinned as validation (climbmix's rule). A val list that comes back empty (a single file)
+    means the caller must split documents instead."""
+    paths = sorted(p for p in paths if p.endswith(".parquet"))
+
+    def tagged(words: str) -> list[str]:
+        return [p for p in paths if re.search(_EVAL_NAME.format(words), p.lower())]
+
+    val = tagged("validation|valid|val") or tagged("test")
+    held_out = set(tagged("validation|valid|val|test"))
+    train = [p for p in paths if p not in held_out]
+    if not val and len(train) >= 2:
+        val = [train.pop()]
+    return train, val
+
+
+def _check_text_column(path: str) -> None:
+    names = pq.read_schema(path).names
+    if "text" not in names:
+        raise PrepareError(f"{path} has no `text` column (columns: {', '.join(names)})")
+
+
+def _split_single_file(path: str, out_dir: str) -> tuple[list[str], list[str]]:
+    """A source with one parquet file: hold out VAL_PERCENT of its documents, by a hash of the text."""
+    train, val = [], []
+    for text in pq.read_table(path, columns=["text"]).column("text").to_pylist():
+        if text:
+            (val if _is_val(text) else train).append(text)
+    if not val or not train:
+        raise PrepareError(f"{path}: too few documents to hold out a validation split")
+    return _write_shards(train, out_dir, "train"), _write_shards(val, out_dir, "val")
+
+
+def _file_digest(paths: list[str]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(os.path.basename(path).encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _fetch_hub(source: Source, out_dir: str, num_shards: int) -> tuple[list[str], list[str], str, dict]:
+    revision = _hub_revision(source.name)
+    raw_dir = os.path.join(out_dir, "raw")
+    if source.kind == "climbmix":
+        n = CLIMBMIX_VAL_SHARD if num_shards < 0 else min(num_shards, CLIMBMIX_VAL_SHARD)
+        train = [f"shard_{i:05d}.parquet" for i in range(n)]
+        val = [f"shard_{CLIMBMIX_VAL_SHARD:05d}.parquet"]
+    else:
+        from huggingface_hub import HfApi
+
+        files = HfApi().list_repo_files(source.name, repo_type="dataset", revision=revision)
+        train, val = split_parquet_files(files)
+        if not train:
+            raise PrepareError(f"{source.name} has no parquet files at revision {revision[:12]}")
+        if num_shards >= 0:
+            train = train[:num_shards]
+    wanted = train + val
+    _say(f"Data: {len(wanted)} files from {source.name}@{revision[:12]} into {raw_dir}")
+    for i, name in enumerate(wanted, 1):
+        if not os.path.exists(os.path.join(raw_dir, name)):
+            _say(f"  [{i}/{len(wanted)}] {name}")
+        _hub_download(source.name, name, revision, raw_dir)
+    for name in wanted:
+        _check_text_column(os.path.join(raw_dir, name))
+    train_paths = [os.path.join("raw", p) for p in train]
+    val_paths = [os.path.join("raw", p) for p in val]
+    if not val:
+        train_paths, val_paths = _split_single_file(os.path.join(out_dir, train_paths[0]), out_dir)
+    content = f"{source.name}@{revision}:" + ",".join(wanted)
+    return train_paths, val_paths, _sha256_hex(content.encode()), {"source": f"{source.name}@{revision}"}
+
+
+def _scan_dir(source: Source, out_dir: str, num_shards: int) -> tuple[list[str], list[str], str, dict]:
+    found = []
+    for dirpath, _, filenames in os.walk(source.name):
+        found += [os.path.join(dirpath, f) for f in filenames if f.endswith(".parquet")]
+    rel = [os.path.relpath(p, source.name) for p in found]
+    train, val = split_parquet_files(rel)
+    if not train:
+        raise PrepareError(f"no parquet files under {source.name}")
+    if num_shards >= 0:
+        train = train[:num_shards]
+    train_paths = [os.path.join(source.name, p) for p in train]
+    val_paths = [os.path.join(source.name, p) for p in val]
+    for p in train_paths + val_paths:
+        _check_text_column(p)
+    fingerprint = _file_digest(train_paths + val_paths)
+    if not val_paths:
+        train_paths, val_paths = _split_single_file(train_paths[0], out_dir)
+    return train_paths, val_paths, fingerprint, {"source": source.name}
+
+
+# ---------------------------------------------------------------------------
+# Tokenizer: BPE trained with rustbpe, used through tiktoken
+# ---------------------------------------------------------------------------
+
+
+def _iter_parquet_texts(paths, max_chars: int = TOKENIZER_MAX_CHARS, doc_chars: int = TOKENIZER_DOC_CHARS):
+    seen = 0
+    for path in paths:
+        pf = pq.ParquetFile(path)
+        for rg in range(pf.num_row_groups):
+            for text in pf.read_row_group(rg, columns=["text"]).column("text").to_pylist():
+                if not text:
+                    continue
+                text = text[:doc_chars]
+                seen += len(text)
+                yield text
+                if seen >= max_chars:
+                    return
+
+
+def train_tokenizer(texts, vocab_size: int, out_dir: str, total_docs: int = 0) -> tiktoken.Encoding:
+    """Train a byte-level BPE on texts, save it as a tiktoken BPE file plus its settings, and write the
+    token-bytes table that evaluate_bpb uses. Returns the encoding."""
+    import rustbpe
+
+    if vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + special tokens)")
+    os.makedirs(out_dir, exist_ok=True)
+    progress = _Progress("Tokenizer: reading", total_docs, " docs")
+
+    def counted(it):
+        for text in it:
+            progress.update()
+            yield text
+
+    t0 = time.time()
+    bpe = rustbpe.Tokenizer()
+    bpe.train_from_iterator(counted(texts), vocab_size - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
+    progress.close()
+    ranks = {bytes(token): rank for token, rank in bpe.get_mergeable_ranks()}
+    specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
+    enc = tiktoken.Encoding(name="autoresearch", pat_str=bpe.get_pattern(), mergeable_ranks=ranks, special_tokens=specials)
+    _say(f"Tokenizer: {enc.n_vocab} tokens trained in {time.time() - t0:.1f}s")
+
+    # tiktoken's own BPE file format (base64 token, space, rank), written here because tiktoken's writer
+    # needs the optional blobfile package.
+    lines = [f"{base64.b64encode(token).decode()} {rank}" for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])]
+    _atomic_write_text(os.path.join(out_dir, "tokenizer.tiktoken"), "\n".join(lines) + "\n")
+    settings = {"pattern": enc._pat_str, "special_tokens": specials, "bos": BOS_TOKEN}
+    _atomic_write_text(os.path.join(out_dir, "tokenizer.json"), json.dumps(settings, indent=1))
+
+    # Bytes per token for bits-per-byte; special tokens count 0 bytes and so drop out of the metric.
+    # decode_single_token_bytes is exact even for tokens that end inside a multi-byte character.
+    token_bytes = [0 if i in specials.values() else len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)]
+    torch.save(torch.tensor(token_bytes, dtype=torch.int32), os.path.join(out_dir, "token_bytes.pt"))
+
+    sample = "Hello world! def f(x): return x**2  # 12345 ünïcödé 你好 🤖 \t\n"
+    ids = enc.encode_ordinary(sample)
+    assert enc.decode(ids) == sample, "tokenizer round trip failed"
+    assert sum(token_bytes[i] for i in ids) == len(sample.encode("utf-8")), "token byte table is inconsistent"
+    _say("Tokenizer: round-trip sanity check passed")
+    return enc
+
+
+def load_encoding(tokenizer_dir: str) -> tiktoken.Encoding:
+    with open(os.path.join(tokenizer_dir, "tokenizer.json"), encoding="utf-8") as f:
+        settings = json.load(f)
+    ranks = {}
+    with open(os.path.join(tokenizer_dir, "tokenizer.tiktoken"), encoding="ascii") as f:
+        for line in f:
+            if line.strip():
+                token, rank = line.split()
+                ranks[base64.b64decode(token)] = int(rank)
+    return tiktoken.Encoding(
+        name="autoresearch", pat_str=settings["pattern"], mergeable_ranks=ranks, special_tokens=settings["special_tokens"]
+    )
+
+
+class Tokenizer:
+    """The prepared dataset's tokenizer. It carries the dataset (`.prepared`) so the loaders and
+    evaluate_bpb know which files and which token-bytes table belong to it."""
+
+    def __init__(self, enc: tiktoken.Encoding, prepared: Prepared | None = None):
+        self.enc = enc
+        self.prepared = prepared
+        self.bos_token_id = enc.encode_single_token(BOS_TOKEN)
+
+    @classmethod
+    def from_prepared(cls, prepared: Prepared | None = None) -> "Tokenizer":
+        prepared = prepared or load_prepared()
+        return cls(load_encoding(prepared.tokenizer_dir), prepared)
+
+    def get_vocab_size(self) -> int:
+        return self.enc.n_vocab
+
+    def get_bos_token_id(self) -> int:
+        return self.bos_token_id
+
+    def encode(self, text, prepend: int | None = None, num_threads: int = 8):
+        """Token ids of a string, or a list of id lists for a list of strings; `prepend` is put first."""
+        if isinstance(text, str):
+            ids = self.enc.encode_ordinary(text)
+            return [prepend, *ids] if prepend is not None else ids
+        rows = self.enc.encode_ordinary_batch(text, num_threads=num_threads)
+        return [[prepend, *ids] for ids in rows] if prepend is not None else rows
+
+    def decode(self, ids) -> str:
+        return self.enc.decode(list(ids))
+
+
+def get_token_bytes(tokenizer: Tokenizer, device="cpu") -> torch.Tensor:
+    """(vocab,) int32: UTF-8 bytes of each token, 0 for special tokens."""
+    path = os.path.join(tokenizer.prepared.tokenizer_dir, "token_bytes.pt")
+    return torch.load(path, map_location=device)
+
+
+# ---------------------------------------------------------------------------
+# Dataloader: BOS-aligned best-fit packing, no padding
+# ---------------------------------------------------------------------------
+
+
+def _document_batches(paths: tuple[str, ...], batch_docs: int = 128):
+    """Endless (texts, epoch) over the files' `text` column, in file and row order."""
+    epoch = 1
+    while True:
+        for path in paths:
+            pf = pq.ParquetFile(path)
+            for rg in range(pf.num_row_groups):
+                texts = [t for t in pf.read_row_group(rg, columns=["text"]).column("text").to_pylist() if t]
+                for i in range(0, len(texts), batch_docs):
+                    yield texts[i : i + batch_docs], epoch
+        epoch += 1
+
+
+def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_size: int = 1000, device=None):
+    """Yield (inputs (B, T), targets (B, T), epoch) forever, packed from whole documents.
+
+    Every row starts with BOS (each document is BOS + its tokens). A row is filled by repeatedly taking
+    the longest buffered document that fits the space left (best fit); only when none fits is the
+    shortest one cropped to fill the row exactly. So there is no padding and little is cropped. The rows
+    depend only on the data and T, never on B, so evaluation does not depend on the batch size.
+    On CUDA the batch goes through pinned memory with a non-blocking copy; elsewhere it stays put.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+    prepared = tokenizer.prepared
+    device = torch.device(device or ("cuda" if ON_CUDA else "cpu"))
+    batches = _document_batches(prepared.train_files if split == "train" else prepared.val_files)
+    bos = tokenizer.get_bos_token_id()
+    lengths: list[int] = []  # kept sorted; docs[i] has length lengths[i]
+    docs: list[list[int]] = []
+    epoch = 1
+    capacity = T + 1  # inputs are row[:-1], targets row[1:]
+
+    while True:
+        rows = torch.empty((B, capacity), dtype=torch.long)
+        for r in range(B):
+            pos = 0
+            while pos < capacity:
+                while len(docs) < buffer_size:
+                    texts, epoch = next(batches)
+                    for ids in tokenizer.encode(texts, prepend=bos):
+                        i = bisect_right(lengths, len(ids))
+                        lengths.insert(i, len(ids))
+                        docs.insert(i, ids)
+                space = capacity - pos
+                i = bisect_right(lengths, space) - 1  # longest document that fits
+                if i >= 0:
+                    doc = docs.pop(i)
+                    lengths.pop(i)
+                else:  # nothing fits: crop the shortest
+                    doc = docs.pop(0)[:space]
+                    lengths.pop(0)
+                rows[r, pos : pos + len(doc)] = torch.tensor(doc, dtype=torch.long)
+                pos += len(doc)
+        both = torch.stack([rows[:, :-1], rows[:, 1:]])  # (2, B, T), contiguous
+        if device.type == "cuda":
+            both = both.pin_memory().to(device, non_blocking=True)
+        elif device.type != "cpu":
+            both = both.to(device)
+        yield both[0], both[1], epoch
+
+
+# ---------------------------------------------------------------------------
+# Preparation (the command line)
+# ---------------------------------------------------------------------------
+
+
+def prepare(
+    spec: str = "local",
+    vocab_size: int = VOCAB_SIZE,
+    max_bytes: int | None = None,
+    num_shards: int = 10,
+    eval_tokens: int | None = None,
+    force: bool = False,
+) -> Prepared:
+    """Build (or find) the dataset and its tokenizer, and make it the one train.py uses next."""
+    source = parse_dataset(spec)
+    out_dir = os.path.join(PRETRAIN_DIR, source.slug)
+    params = {
+        "vocab_size": vocab_size,
+        "max_bytes": max_bytes if source.kind == "local" else None,
+        "num_shards": num_shards if source.kind != "local" else None,
+        "eval_tokens": eval_tokens,
+    }
+    old = _read_manifest(out_dir)
+    local = build_local_corpus(max_bytes) if source.kind == "local" else None
+    unchanged = old is not None and old.get("params") == params
+    if unchanged and local is not None:
+        unchanged = old.get("content_fingerprint") == local[2]  # the stdlib changes with the Python version
+    if unchanged and not force:
+        prepared = _prepared_from_manifest(out_dir, old)
+        _atomic_write_text(LAST_PREPARED, source.slug + "\n")
+        _say(f"Data: already prepared: {spec} (fingerprint {prepared.fingerprint}) at {out_dir}")
+        return prepared
+    if old is not None:
+        _say(f"Data: rebuilding {out_dir} ({'forced' if force else 'settings or content changed'})")
+        os.remove(os.path.join(out_dir, "manifest.json"))
+    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(PRETRAIN_DIR, exist_ok=True)
+
+    t0 = time.time()
+    if local is not None:
+        train_docs, val_docs, content, info = local
+        _say(f"Data: local corpus from {info['source']}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB")
+        for stale in os.listdir(out_dir):
+            if stale.endswith(".parquet"):
+                os.remove(os.path.join(out_dir, stale))
+        train_files = _write_shards(train_docs, out_dir, "train")
+        val_files = _write_shards(val_docs, out_dir, "val")
+    elif source.kind in ("climbmix", "hub"):
+        train_files, val_files, content, info = _fetch_hub(source, out_dir, num_shards)
+    else:
+        train_files, val_files, content, info = _scan_dir(source, out_dir, num_shards)
+
+    def absolute(p: str) -> str:
+        return p if os.path.isabs(p) else os.path.join(out_dir, p)
+
+    train_abs = [absolute(p) for p in train_files]
+    total_docs = sum(pq.ParquetFile(p).metadata.num_rows for p in train_abs)
+    tok_dir = os.path.join(out_dir, "tokenizer")
+    shutil.rmtree(tok_dir, ignore_errors=True)
+    train_tokenizer(_iter_parquet_texts(train_abs), vocab_size, tok_dir, total_docs=total_docs)
+
+    fingerprint = _sha256_hex(f"{content} vocab={vocab_size} eval={eval_tokens}".encode())[:16]
+    manifest = {
+        "format": 1,
+        "dataset": spec,
+        "kind": source.kind,
+        "fingerprint": fingerprint,
+        "content_fingerprint": content,
+        "vocab_size": vocab_size,
+        "train_files": train_files,
+        "val_files": val_files,
+        "train_docs": total_docs,
+        "val_docs": sum(pq.ParquetFile(absolute(p)).metadata.num_rows for p in val_files),
+        "eval_tokens": eval_tokens,
+        "params": params,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **info,
+    }
+    _atomic_write_text(os.path.join(out_dir, "manifest.json"), json.dumps(manifest, indent=1))
+    _atomic_write_text(LAST_PREPARED, source.slug + "\n")
+    _say(
+        f"Data: prepared {spec} in {time.time() - t0:.1f}s: {manifest['train_docs']:,} train / "
+        f"{manifest['val_docs']:,} val documents, fingerprint {fingerprint}, at {out_dir}"
+    )
+    return _prepared_from_manifest(out_dir, manifest)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description="One-time data and tokenizer preparation for the autoresearch pretrain target.",
+        epilog=(
+            "Prepared data goes to $AUTORESEARCH_CACHE_DIR/pretrain/<dataset>/ (default ~/.cache/autoresearch), "
+            "one directory per dataset, each with a manifest.json recording its fingerprint; val_bpb is only "
+            "comparable between runs on the same fingerprint. train.py uses the dataset prepared last, or "
+            "$AUTORESEARCH_DATASET. Running this again for a prepared dataset does nothing."
+        ),
+    )
+    parser.add_argument(
+        "--dataset",
+        default="local",
+        help="local (default, offline: built from the Python standard library's source and docs), "
+        "climbmix (karpathy/climbmix-400b-shuffle from the Hugging Face Hub), any owner/name hub dataset "
+        "repo with a `text` column (e.g. roneneldan/TinyStories), or a directory of parquet files",
+    )
+    parser.add_argument("--num-shards", type=int, default=10, help="hub/dir: training parquet files to use (-1 = all)")
+    parser.add_argument("--vocab-size", type=int, default=VOCAB_SIZE, help=f"BPE vocabulary size (default {VOCAB_SIZE})")
+    parser.add_argument(
+        "--max-bytes", type=int, default=None, help="local: cap the corpus at about this many bytes (tests, quick trials)"
+    )
+    parser.add_argument(
+        "--eval-tokens",
+        type=int,
+        default=None,
+        help=f"validation tokens per evaluation, recorded with the data (default {EVAL_TOKENS:,} on this machine)",
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild even if already prepared")
+    args = parser.parse_args(argv)
+    _say(f"Cache: {PRETRAIN_DIR}")
+    try:
+        prepare(args.dataset, args.vocab_size, args.max_bytes, args.num_shards, args.eval_tokens, args.force)
+    except (PrepareError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    _say("Done: ready to train (python train.py)")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Evaluation (DO NOT CHANGE: this is the fixed metric)
+# ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
+    """Bits per byte of the validation split: the vocabulary-independent metric.
+
+    `model(inputs)` must return logits (B, T, vocab); the loss is computed here, in float32, so the
+    metric does not depend on how train.py computes its own. Per-token cross-entropy (nats) is summed
+    over targets that are not special tokens, divided by the UTF-8 bytes those targets stand for, and
+    converted to bits. Exactly eval_tokens // MAX_SEQ_LEN rows of length MAX_SEQ_LEN are scored, the
+    same rows whatever the batch size. Call it under the same autocast context as training.
+    """
+    device = next(model.parameters()).device
+    token_bytes = get_token_bytes(tokenizer, device)
+    rows = tokenizer.prepared.eval_tokens // MAX_SEQ_LEN
+    loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device)
+    nats, nbytes, done = [], [], 0
+    while done < rows:
+        x, y, _ = next(loader)
+        keep = min(batch_size, rows - done)  # the last batch may score only its first rows
+        logits = model(x)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(y)[:keep]
+        b = token_bytes[y[:keep]]
+        nats.append((loss * (b > 0)).sum())
+        nbytes.append(b.sum())
+        done += keep
+    # One host sync at the end, and a float64 total (MPS has no float64, so sum on the CPU).
+    total_nats = torch.stack(nats).cpu().double().sum().item()
+    total_bytes = torch.stack(nbytes).cpu().double().sum().item()
+    return total_nats / (math.log(2) * total_bytes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
