@@ -343,13 +343,21 @@ class PrepareError(RuntimeError):
     """A preparation failure with a message meant for the user (printed without a traceback)."""
 
 
-def _hub_revision(repo_id: str) -> str:
-    """Resolve the dataset's current commit. Fails fast, with a clear message, when offline."""
+def _hub_revision(repo_id: str, revision: str | None = None) -> str:
+    """Resolve the dataset's commit. Fails fast, with a clear message, when offline or misnamed."""
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        return HfApi().repo_info(repo_id, repo_type="dataset").sha
-    except Exception as e:  # noqa: BLE001 - any failure here means "cannot use the hub now"; say why
+        return HfApi().repo_info(repo_id, repo_type="dataset", revision=revision).sha
+    except (RepositoryNotFoundError, GatedRepoError) as e:
+        raise PrepareError(
+            f"the Hub has no dataset {repo_id} that this machine may read ({type(e).__name__}); check the "
+            "name, or log in (`hf auth login`) for private and gated datasets"
+        ) from e
+    except RevisionNotFoundError as e:
+        raise PrepareError(f"dataset {repo_id} has no revision {revision}") from e
+    except Exception as e:  # noqa: BLE001 - any other failure means "cannot use the hub now"; say why
         raise PrepareError(
             f"cannot reach the Hugging Face Hub for dataset {repo_id} ({type(e).__name__}: {e}). "
             "If this machine is offline, use `--dataset local` (built from files already here) "
@@ -444,9 +452,13 @@ def _fetch_hub(source: Source, out_dir: str, num_shards: int) -> tuple[list[str]
         from huggingface_hub import HfApi
 
         files = HfApi().list_repo_files(source.name, repo_type="dataset", revision=revision)
+        if not any(f.endswith(".parquet") for f in files):
+            # The Hub's dataset viewer keeps a parquet export of most datasets on this branch.
+            revision = _hub_revision(source.name, "refs/convert/parquet")
+            files = HfApi().list_repo_files(source.name, repo_type="dataset", revision=revision)
         train, val = split_parquet_files(files)
         if not train:
-            raise PrepareError(f"{source.name} has no parquet files at revision {revision[:12]}")
+            raise PrepareError(f"{source.name} has no parquet files (neither on main nor refs/convert/parquet)")
         if num_shards >= 0:
             train = train[:num_shards]
     wanted = train + val

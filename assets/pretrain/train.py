@@ -47,11 +47,12 @@ from prepare import (
 # optimizer step (gradient accumulation makes up the difference). The 32gb and 80gb rows keep karpathy's
 # depth-8 baseline (50M params, 45 GB peak, val_bpb 0.998 on an H100) instead of the table's depth 12/16,
 # which would see 2-4x fewer tokens in 300 s. On CPU the (tokens x vocab) logits dominate the cost, so the
-# cpu row is deep and narrow, and uses 2-row micro-batches: the logits then stay small enough for the
-# allocator to reuse memory instead of page-faulting fresh 100 MB blocks in on every step (2x faster).
+# cpu row is small, with 2-row micro-batches (logits that small are reused by the allocator instead of being
+# page-faulted in afresh each step: 2x faster) and many small steps. A 30 s sweep on 2 cores preferred
+# 2**10 tokens per step to 2**9, 2**11 and 2**12, and depth 2 / dim 128 to depth 4 / 128 and depth 3 / 192.
 PRESET = "auto"  # "auto": cpu / mps, or on CUDA the largest row whose min_gib fits the GPU; or name a row
 PRESETS = {
-    "cpu":  dict(min_gib=None, depth=4, aspect=32, head_dim=64,  device_batch=2,   total_batch=2**12),
+    "cpu":  dict(min_gib=None, depth=2, aspect=64, head_dim=64,  device_batch=2,   total_batch=2**10),
     "mps":  dict(min_gib=None, depth=4, aspect=64, head_dim=128, device_batch=16,  total_batch=2**14),  # untested
     "4gb":  dict(min_gib=0,    depth=2, aspect=64, head_dim=128, device_batch=8,   total_batch=2**15),
     "8gb":  dict(min_gib=6,    depth=4, aspect=64, head_dim=128, device_batch=16,  total_batch=2**16),
@@ -291,7 +292,7 @@ class CausalSelfAttention(nn.Module):
             # Value embeddings (modded-nanogpt): token-indexed vectors added to v, through a per-head gate
             # in (0, 2) that starts at 1.
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.gate_channels]))
-            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim)
+            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim).type_as(v)  # keep autocast's bf16
         q = rms_norm(apply_rotary(q, cos, sin))  # QK-norm bounds the attention logits
         k = rms_norm(apply_rotary(k, cos, sin))
         y = self.attention(q.type_as(v), k.type_as(v), v, self.window)
@@ -797,7 +798,7 @@ def main() -> None:
     for key, value in summary.items():
         say(f"{key + ':':<18}{value:{formats.get(key, '.1f')}}")
     for key, value in {**summary, "tokens_per_sec": tok_per_s}.items():
-        say(f"METRIC {key}={value:.6g}" if isinstance(value, float) else f"METRIC {key}={value}")
+        say(f"METRIC {key}={value:.10g}" if isinstance(value, float) else f"METRIC {key}={value}")
 
 
 if __name__ == "__main__":
