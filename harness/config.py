@@ -17,6 +17,7 @@ from harness.stats import Direction
 CONFIG_NAME = "autoresearch.toml"
 RevertMode = Literal["revert", "reset"]
 AgentKind = Literal["auto", "mutate", "claude", "external"]
+MetricSource = Literal["stdout", "result_file"]
 
 
 class ConfigError(Exception):
@@ -67,6 +68,17 @@ class Config:
     revert: RevertMode = "revert"
     max_failure_streak: int = 20  # stop after this many consecutive non-keeps
     learn_every: int = 5  # LLM agents rewrite the notes' learnings every N experiments (0 = never)
+    # --- integrity (README "Metric integrity")
+    metric_source: MetricSource = "stdout"  # "result_file": the primary metric only via AUTORESEARCH_RESULT_FILE
+    startup_allowance_s: float = 60.0  # wall time allowed beyond the budget for start-up (compile, warm-up) ...
+    eval_allowance_s: float = 60.0  # ... and for the evaluation; a run over budget + both is checks_failed
+    audit: bool = True  # statically audit each proposal's diff for known ways of gaming the metric
+    # --- noise (README "Noise-aware keeps")
+    calibrate: int = 0  # run the baseline this many times (>= 2) with different seeds to measure the noise
+    confirm: int = 2  # re-runs allowed to confirm a gain under the noise threshold (with calibration)
+    min_effect_sigma: float = 2.0  # a gain must exceed this many standard errors to be kept
+    heldout_metric: str | None = None  # a second metric, never used for decisions, evaluated for kept runs
+    heldout_command: str | None = None  # how to evaluate it; gets AUTORESEARCH_CHECKPOINT of the kept run
     branch: str = ""
 
     @property
@@ -183,10 +195,14 @@ def _type_problems(cfg: Config) -> list[str]:
     compares or strips them."""
     want = {
         "a string": (lambda x: isinstance(x, str), ("name", "command", "target", "agent", "revert", "branch")),
-        "a string or absent": (lambda x: x is None or isinstance(x, str), ("checks_command", "prepare_command", "model")),
-        "a number": (_is_num, ("time_budget_s", "checks_timeout_s", "tolerance")),
+        "a string or absent": (lambda x: x is None or isinstance(x, str),
+                               ("checks_command", "prepare_command", "model", "heldout_metric", "heldout_command")),
+        "a number": (_is_num, ("time_budget_s", "checks_timeout_s", "tolerance", "startup_allowance_s",
+                               "eval_allowance_s", "min_effect_sigma")),
         "a number or absent": (lambda x: x is None or _is_num(x), ("timeout_s",)),
-        "an integer": (lambda x: isinstance(x, int) and not isinstance(x, bool), ("seed", "max_failure_streak")),
+        "an integer": (lambda x: isinstance(x, int) and not isinstance(x, bool),
+                       ("seed", "max_failure_streak", "learn_every", "calibrate", "confirm")),
+        "true or false": (lambda x: isinstance(x, bool), ("audit",)),
         "a list of paths": (
             lambda x: isinstance(x, tuple | list) and all(isinstance(p, str) for p in x),
             ("editable", "fixed"),
@@ -238,6 +254,18 @@ def validate(cfg: Config, where: str = CONFIG_NAME) -> None:
         problems.append("tolerance must be >= 0")
     if cfg.max_failure_streak < 1:
         problems.append("max_failure_streak must be >= 1")
+    if cfg.metric_source not in ("stdout", "result_file"):
+        problems.append(f"metric_source must be stdout or result_file, not {cfg.metric_source!r}")
+    if cfg.calibrate == 1 or cfg.calibrate < 0:
+        problems.append("calibrate must be 0 (off) or at least 2 runs")
+    if cfg.confirm < 0 or cfg.learn_every < 0:
+        problems.append("confirm and learn_every must be >= 0")
+    if not (cfg.min_effect_sigma > 0):
+        problems.append("min_effect_sigma must be > 0")
+    if cfg.startup_allowance_s < 0 or cfg.eval_allowance_s < 0:
+        problems.append("startup_allowance_s and eval_allowance_s must be >= 0")
+    if bool(cfg.heldout_metric) != bool(cfg.heldout_command):
+        problems.append("heldout_metric and heldout_command go together")
     for p in (*cfg.editable, *cfg.fixed):
         if Path(p).is_absolute() or ".." in Path(p).parts:
             problems.append(f"{p!r}: paths must be relative to the workspace and stay inside it")

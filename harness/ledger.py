@@ -78,6 +78,12 @@ class RunRecord(NamedTuple):
     raw: dict[str, Any] = {}  # noqa: RUF012 - never mutated; the decoded line
 
     @property
+    def n_samples(self) -> int:
+        """How many runs (seeds) the metric is the mean of: 1 unless calibrated or confirmed."""
+        samples = self.raw.get("samples")
+        return len(samples) if isinstance(samples, list) and samples else 1
+
+    @property
     def value(self) -> float | None:
         """The primary metric as a result, or None where the run produced no valid result."""
         if self.status in ("crash", "checks_failed"):
@@ -102,7 +108,16 @@ class NoteRecord(NamedTuple):
     raw: dict[str, Any]
 
 
-Entry = SessionHeader | RunRecord | NoteRecord
+class Calibration(NamedTuple):
+    """The noise floor of a segment: the baseline run n times with different seeds
+    (`{"type":"calibration","n","seeds","values","median","sigma","method"}`)."""
+
+    sigma: float  # 1.4826 * MAD of the values: a robust estimate of one run's standard deviation
+    n: int
+    raw: dict[str, Any]
+
+
+Entry = SessionHeader | RunRecord | NoteRecord | Calibration
 
 
 def _num(x: Any) -> float | None:
@@ -132,6 +147,11 @@ def parse_entry(obj: Any, lineno: int = 0) -> Entry | None:
             direction=direction,
             raw=obj,
         )
+    if obj.get("type") == "calibration":
+        sigma = _num(obj.get("sigma"))
+        if sigma is None or sigma < 0:
+            raise ValueError(f"calibration sigma must be a number >= 0, not {obj.get('sigma')!r}")
+        return Calibration(sigma=sigma, n=int(obj.get("n") or 0), raw=obj)
     if obj.get("type") == "learnings":
         agent = obj.get("agent")
         return NoteRecord(after_run=obj.get("after_run"), agent=agent if isinstance(agent, dict) else None, raw=obj)
@@ -239,6 +259,7 @@ class Segment:
     index: int
     header: SessionHeader
     runs: tuple[RunRecord, ...]
+    calibration: Calibration | None = None
 
     @property
     def direction(self) -> Direction:
@@ -334,10 +355,15 @@ def fold(entries: Iterable[Entry], bad_lines: tuple[BadLine, ...] = ()) -> Ledge
     segment 0 with a lower-is-better default header.
     """
     segments: list[tuple[SessionHeader, list[RunRecord]]] = []
+    calibrations: dict[int, Calibration] = {}
     notes: list[NoteRecord] = []
     for entry in entries:
         if isinstance(entry, NoteRecord):
             notes.append(entry)
+        elif isinstance(entry, Calibration):
+            if not segments:
+                segments.append((_DEFAULT_HEADER, []))
+            calibrations[len(segments) - 1] = entry  # the latest calibration of a segment counts
         elif isinstance(entry, SessionHeader):
             if segments and not segments[-1][1]:
                 segments[-1] = (entry, segments[-1][1])
@@ -349,7 +375,7 @@ def fold(entries: Iterable[Entry], bad_lines: tuple[BadLine, ...] = ()) -> Ledge
             idx = len(segments) - 1
             segments[-1][1].append(_with_segment(entry, idx))
     return LedgerState(
-        segments=tuple(Segment(i, h, tuple(runs)) for i, (h, runs) in enumerate(segments)),
+        segments=tuple(Segment(i, h, tuple(runs), calibrations.get(i)) for i, (h, runs) in enumerate(segments)),
         bad_lines=bad_lines,
         notes=tuple(notes),
     )

@@ -21,7 +21,9 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import signal
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,13 +32,13 @@ from typing import Any
 
 import orjson
 
-from harness import ledger
+from harness import integrity, ledger
 from harness.agents.base import Agent, AgentError, PastRun, Proposal, ProposalContext
 from harness.config import Config
 from harness.decision import Decision, Status, decide
 from harness.metrics import parse_metrics
 from harness.runner import RunResult, run_command
-from harness.stats import mad_confidence
+from harness.stats import gain, gate_threshold, mad_confidence, mad_sigma, median, z_score
 from harness.workspace import Workspace, sha256_file, short
 
 NOTES_FILES = ("autoresearch.md", "autoresearch.ideas.md")  # session notes: committed, never reverted
@@ -168,6 +170,25 @@ class Interrupts:
 
 
 @dataclass(frozen=True)
+class Sample:
+    """One run of an experiment (one seed) and what it produced."""
+
+    seed: int
+    res: RunResult
+    metrics: dict[str, float]
+    failure: str | None  # crash reason
+    checks_failure: str | None
+    notes: dict[str, Any]  # integrity notes for the ASI
+
+    def value(self, metric: str) -> float | None:
+        return None if self.failure or self.checks_failure else self.metrics.get(metric)
+
+    def as_dict(self, metric: str) -> dict[str, Any]:
+        return {"seed": self.seed, "metric": self.metrics.get(metric), "wall_s": round(self.res.wall_s, 3),
+                "exit_code": self.res.exit_code, "log": self.res.log_path.name}
+
+
+@dataclass(frozen=True)
 class IterationResult:
     record: dict[str, Any]
     decision: Decision
@@ -196,6 +217,7 @@ class Controller:
         self.state_dir = self.ws.state_dir
         self.state_file = self.state_dir / "state.json"
         self.interrupts = Interrupts(printer=printer)
+        self._fixed_names: set[str] | None = None  # names the fixed files define, for the audit
 
     # ----------------------------------------------------------------- state
     def load_ledger(self) -> ledger.LedgerState:
@@ -520,21 +542,14 @@ class Controller:
         self._write_state(st)
         _fault("after_state_running")
 
-        res = self._run(run)
+        first = self._sample(run, 0)
         _fault("after_run")
-        metrics = parse_metrics(res.log_path.read_text(encoding="utf-8", errors="replace"))
-        failure = self._failure(res)
-        checks_failure = None
-        if failure is None:
-            checks_failure = self._integrity_after_run() or self._checks(run)
-        if res.peak_rss_mb is not None:
-            metrics.setdefault("peak_rss_mb", round(res.peak_rss_mb, 1))
         best_run = seg.best_run if seg else None
         decision = decide(
             metric_name=self.cfg.metric.name,
-            metrics=metrics,
-            failure=failure,
-            checks_failure=checks_failure,
+            metrics=first.metrics,
+            failure=first.failure,
+            checks_failure=first.checks_failure,
             best=None if baseline else (seg.best if seg else None),
             best_metrics=best_run.metrics if best_run else {},
             direction=self.cfg.metric.direction,
@@ -543,9 +558,35 @@ class Controller:
             lines_removed=(diff_info or {}).get("removed", 0),
             guards=self.cfg.guards,
         )
+        samples = [first]
+        extra: dict[str, Any] = {"wall_s": round(first.res.wall_s, 3)}
+        confidence: float | None = None
+        if baseline and decision.status == "keep" and self.cfg.calibrate >= 2:
+            samples, decision = self._calibrate(run, first)
+        elif (not baseline and decision.status == "keep" and seg is not None and seg.calibration is not None
+              and best_run is not None and decision.gain is not None):
+            samples, decision, evidence = self._confirm(run, first, decision, seg.calibration.sigma, best_run)
+            extra["evidence"] = evidence
+            confidence = evidence.get("z")
+        metrics = dict(first.metrics)
+        values = [x.value(self.cfg.metric.name) for x in samples]
+        if len(samples) > 1:
+            extra["samples"] = [x.as_dict(self.cfg.metric.name) for x in samples]
+            if all(v is not None for v in values):
+                metrics[self.cfg.metric.name] = statistics.fmean(v for v in values if v is not None)
+        for x in samples:
+            asi.update(x.notes)
+        failed = next((x for x in samples if x.failure or x.checks_failure), first)
         if decision.status == "crash":
-            asi.setdefault("tail", res.tail[-1500:])
+            asi.setdefault("tail", failed.res.tail[-1500:])
         value = metrics.get(self.cfg.metric.name)
+        if confidence is None:
+            confidence = self._confidence_after(state, value if decision.status in ("keep", "discard") else None,
+                                                decision.status == "keep")
+        if decision.status == "keep" and self.cfg.heldout_command:
+            extra["heldout"] = self._heldout(run)
+        if baseline:
+            extra["baseline"] = True
         rec = self._record(
             run=run,
             commit=commit,
@@ -556,9 +597,8 @@ class Controller:
             duration_s=self.clock() - t0,
             diff=diff_info,
             agent=agent_info,
-            confidence=self._confidence_after(state, value if decision.status in ("keep", "discard") else None,
-                                              decision.status == "keep"),
-            extra={"wall_s": round(res.wall_s, 3), "baseline": True} if baseline else {"wall_s": round(res.wall_s, 3)},
+            confidence=confidence,
+            extra=extra,
             state=state,
         )
         ledger.append(self.ledger_path, rec)
@@ -566,14 +606,138 @@ class Controller:
         if decision.status != "keep" and not baseline:
             self._undo_commit(run, commit)
             _fault("after_revert")
+        self._prune_checkpoints(run, decision.status == "keep")
         self._clear_state()
         stop = None
         if baseline and decision.status != "keep":
             stop = (
-                f"the baseline run failed ({decision.reason}); fix the target so that `{self.cfg.command}` "
-                f"prints METRIC {self.cfg.metric.name}=<number>, then run again. Log: {res.log_path}"
+                f"the baseline run failed ({decision.reason}); the agent cannot fix the target: make "
+                f"`{self.cfg.command}` work (and print METRIC {self.cfg.metric.name}=<number>), then run again. "
+                f"Log: {failed.res.log_path}"
             )
         return IterationResult(rec, decision, stop)
+
+    # ------------------------------------------------------------ measuring
+    def _sample(self, run: int, index: int) -> Sample:
+        """Run the experiment once with seed `cfg.seed + index`, and judge what it produced."""
+        seed = self.cfg.seed + index
+        suffix = "" if index == 0 else f".s{index + 1}"
+        result_file = self.state_dir / "results" / f"{run}{suffix}.jsonl"
+        result_file.parent.mkdir(parents=True, exist_ok=True)
+        result_file.unlink(missing_ok=True)
+        res = self._run(run, seed=seed, log_name=f"{run}{suffix}.log", result_file=result_file)
+        metrics = parse_metrics(res.log_path.read_text(encoding="utf-8", errors="replace"))
+        notes: dict[str, Any] = {}
+        channel_failure = None
+        if self.cfg.metric_source == "result_file":
+            reported, problems = integrity.read_results(result_file)
+            verdict = integrity.apply_channel(self.cfg.metric.name, metrics, reported, problems)
+            metrics, channel_failure, notes = verdict.metrics, verdict.failure, dict(verdict.notes)
+        failure = self._failure(res)
+        checks_failure = None
+        if failure is None:
+            checks_failure = (
+                self._integrity_after_run()
+                or integrity.over_budget(res.wall_s, self.cfg.time_budget_s, self.cfg.startup_allowance_s,
+                                         self.cfg.eval_allowance_s)
+                or channel_failure
+                or self._checks(run)
+            )
+        if res.peak_rss_mb is not None:
+            metrics.setdefault("peak_rss_mb", round(res.peak_rss_mb, 1))
+        return Sample(seed, res, metrics, failure, checks_failure, notes)
+
+    def _calibrate(self, run: int, first: Sample) -> tuple[list[Sample], Decision]:
+        """Run the baseline `calibrate` times in all (seeds differ) and log the noise floor."""
+        samples = [first]
+        for i in range(1, self.cfg.calibrate):
+            self.say(f"       calibrating the noise floor: baseline run {i + 1} of {self.cfg.calibrate}")
+            x = self._sample(run, i)
+            samples.append(x)
+            if x.failure or x.checks_failure or x.value(self.cfg.metric.name) is None:
+                why = x.failure or x.checks_failure or f"no {self.cfg.metric.name}"
+                return samples, Decision("crash", f"calibration run {i + 1} (seed {x.seed}) failed: {why}")
+        values = [v for v in (x.value(self.cfg.metric.name) for x in samples) if v is not None]
+        sigma = mad_sigma(values)
+        ledger.append(self.ledger_path, {
+            "type": "calibration", "run": None, "baseline_run": run, "n": len(values),
+            "seeds": [x.seed for x in samples], "values": values, "median": median(values),
+            "sigma": sigma, "method": "1.4826 * MAD (robust sigma)", "timestamp": int(self.clock()),
+        })
+        return samples, Decision("keep", f"baseline, mean of {len(values)} seeds; noise sigma {sigma:.3g}")
+
+    def _confirm(self, run: int, first: Sample, decision: Decision, sigma: float,
+                 best_run: ledger.RunRecord) -> tuple[list[Sample], Decision, dict[str, Any]]:
+        """The noise gate: a gain below `min_effect_sigma` standard errors is re-run with other seeds
+        (up to `confirm` times) and kept only if the mean of its runs clears the threshold."""
+        name, k, m = self.cfg.metric.name, self.cfg.min_effect_sigma, best_run.n_samples
+        best = best_run.value
+        assert best is not None and decision.gain is not None
+        samples = [first]
+
+        def evidence(mean: float, n: int) -> dict[str, Any]:
+            g = gain(mean, best, self.cfg.metric.direction)
+            return {"n": n, "mean": mean, "best": best, "best_n": m, "sigma": sigma, "gain": g,
+                    "threshold": gate_threshold(sigma, n, m, k), "min_effect_sigma": k, "z": z_score(g, sigma, n, m)}
+
+        ev = evidence(first.value(name) or 0.0, 1)
+        if sigma == 0 or decision.gain >= ev["threshold"]:
+            return samples, decision, ev
+        for i in range(1, self.cfg.confirm + 1):
+            self.say(f"       gain {decision.gain:.4g} is under the noise threshold {ev['threshold']:.4g}: "
+                     f"confirming with seed {self.cfg.seed + i} ({i} of {self.cfg.confirm})")
+            x = self._sample(run, i)
+            samples.append(x)
+            if x.failure or x.checks_failure or x.value(name) is None:
+                return samples, Decision("discard", f"not confirmed: confirmation run {i + 1} failed "
+                                                    f"({x.failure or x.checks_failure or 'no metric'})"), ev
+            vals = [v for v in (s.value(name) for s in samples) if v is not None]
+            ev = evidence(statistics.fmean(vals), len(vals))
+            if ev["gain"] >= ev["threshold"]:
+                return samples, Decision("keep", f"confirmed over {ev['n']} runs: mean gain {ev['gain']:.4g} >= "
+                                                 f"threshold {ev['threshold']:.4g} (z={ev['z']:.2f})", ev["gain"]), ev
+            if ev["gain"] <= self.cfg.tolerance:
+                break  # the mean is no better than the best any more: more runs will not rescue it
+        hint = "" if self.cfg.confirm else "; allow re-runs with --confirm N"
+        return samples, Decision("discard", f"not confirmed: mean gain {ev['gain']:.4g} over {ev['n']} run(s) is under "
+                                            f"the noise threshold {ev['threshold']:.4g} "
+                                            f"({k:g} standard errors, sigma {sigma:.3g}){hint}", ev["gain"]), ev
+
+    def _heldout(self, run: int) -> dict[str, Any]:
+        """Evaluate the held-out metric of a kept run from its checkpoint; never used to decide."""
+        name = self.cfg.heldout_metric or ""
+        result_file = self.state_dir / "results" / f"{run}.heldout.jsonl"
+        result_file.unlink(missing_ok=True)
+        res = self.runner(
+            self.cfg.heldout_command or "",
+            self.root,
+            env={**self._env(run), integrity.RESULT_ENV: str(result_file)},
+            timeout_s=self.cfg.effective_timeout_s,
+            log_path=self.state_dir / "runs" / f"{run}.heldout.log",
+            progress=self.progress,
+            cancel=lambda: self.interrupts.abort_requested,
+            label=f"held-out #{run}",
+        )
+        reported, _ = integrity.read_results(result_file)
+        values = [v for n, v in reported if n == name]
+        if not values and self.cfg.metric_source == "stdout":
+            printed = parse_metrics(res.log_path.read_text(encoding="utf-8", errors="replace"))
+            values = [printed[name]] if name in printed else []
+        if res.ok and values:
+            return {name: values[-1]}
+        why = self._failure(res) or f"no {name} reported"
+        return {name: None, "error": why}
+
+    def _prune_checkpoints(self, run: int, kept: bool) -> None:
+        """Checkpoints are big and reproducible from their commit: keep only the latest kept run's."""
+        root = self.state_dir / "checkpoints"
+        if not root.is_dir():
+            return
+        for d in root.glob("run-*"):
+            if d.name == f"run-{run}" and kept:
+                continue
+            if kept or d.name == f"run-{run}":
+                shutil.rmtree(d, ignore_errors=True)
 
     def _propose(
         self, agent: Agent, state: ledger.LedgerState, run: int, t0: float, feedback: str | None = None
@@ -636,25 +800,30 @@ class Controller:
         bad = self.check_fixed()
         if bad:
             return refuse("fixed files changed: " + "; ".join(bad))
+        if self.cfg.audit:
+            if self._fixed_names is None:
+                self._fixed_names = integrity.fixed_names([self.root / f for f in self.cfg.fixed])
+            findings = integrity.audit_patch(patch, list(self.cfg.fixed), self._fixed_names)
+            if findings:
+                return refuse("integrity audit: " + "; ".join(str(f) for f in findings[:5]))
         seen = next((r for r in reversed(state.runs) if (r.diff or {}).get("sha") == digest), None)
         if seen is not None:
             return refuse(f"duplicate: the same change as experiment #{seen.run} ({seen.description!r}, "
                           f"{seen.status})", "discard")
         return None, info
 
-    def _run(self, run: int) -> RunResult:
-        runs_dir = self.state_dir / "runs"
+    def _run(self, run: int, *, seed: int, log_name: str, result_file: Path) -> RunResult:
         return self.runner(
             self.cfg.command,
             self.root,
-            env=self._env(run),
+            env={**self._env(run), "AUTORESEARCH_SEED": str(seed), integrity.RESULT_ENV: str(result_file)},
             timeout_s=self.cfg.effective_timeout_s,
-            log_path=runs_dir / f"{run}.log",
+            log_path=self.state_dir / "runs" / log_name,
             tail_path=self.root / "run.log",
             budget_s=self.cfg.time_budget_s,
             progress=self.progress,
             cancel=lambda: self.interrupts.abort_requested,
-            label=f"run #{run}",
+            label=f"run #{run}" + ("" if seed == self.cfg.seed else f" (seed {seed})"),
         )
 
     def _failure(self, res: RunResult) -> str | None:

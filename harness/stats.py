@@ -93,3 +93,17 @@ def confidence_band(confidence: float | None) -> Band:
     if confidence >= 1.0:
         return "yellow"
     return "red"
+
+
+def gate_threshold(sigma: float, n: int, m: int, min_effect: float) -> float:
+    """Smallest mean gain that counts as real: `min_effect` standard errors of the difference
+    between a candidate measured `n` times and a best measured `m` times, each sample with
+    noise `sigma` (a two-sample z-test at z = min_effect, sigma known from calibration)."""
+    return min_effect * sigma * math.sqrt(1.0 / n + 1.0 / m)
+
+
+def z_score(mean_gain: float, sigma: float, n: int, m: int) -> float | None:
+    """The gain in standard errors of the difference; None when sigma is 0 (no noise measured)."""
+    if sigma <= 0:
+        return None
+    return mean_gain / (sigma * math.sqrt(1.0 / n + 1.0 / m))
