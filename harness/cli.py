@@ -32,6 +32,16 @@ def _add_dir(p: argparse.ArgumentParser, *, top: bool = False) -> None:
     )
 
 
+def _add_noise_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("noise-aware keeps (README: Noise-aware keeps)")
+    g.add_argument("--calibrate", type=int, metavar="R",
+                   help="run each segment's baseline R >= 2 times with different seeds to measure the noise floor")
+    g.add_argument("--confirm", type=int, metavar="N",
+                   help="with a noise floor, re-run a gain under the threshold up to N times (default 2)")
+    g.add_argument("--min-effect", type=float, metavar="K", dest="min_effect",
+                   help="a gain must exceed K standard errors of the difference to be kept (default 2)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoresearch",
@@ -66,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how non-keeps are undone: git revert (default, keeps history) or reset (karpathy style)")
     p.add_argument("--dataset", help="pretrain: local (offline default), climbmix, an owner/name hub repo, or a DIR")
     p.add_argument("--name", help="a title for the session")
+    _add_noise_flags(p)
 
     p = sub.add_parser("run", help="run the experiment loop",
                        description="Recover from any interruption, then loop: propose, commit, run, decide, log, "
@@ -84,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failure-streak", type=int, metavar="N",
                    help="stop after N experiments in a row that were not kept (default 20)")
     p.add_argument("--discard", choices=["revert", "reset"], help="override how non-keeps are undone")
+    _add_noise_flags(p)
 
     p = sub.add_parser("experiment", help="evaluate the edits in the tree once (external agent mode)",
                        description="Validate, commit, run, decide and log the uncommitted edits, then revert them "

@@ -100,6 +100,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     cfg, done = init_workspace(
         root, target, tag=args.tag, resume=args.resume, budget_s=args.budget, timeout_s=args.timeout,
         checks=args.checks, revert=args.discard, dataset=args.dataset, name=args.name,
+        overrides={k: v for k, v in _noise_overrides(args).items() if v is not None},
     )
     for line in done:
         print(f"  {line}")
@@ -114,6 +115,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------- run
 
 
+def _noise_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"calibrate": args.calibrate, "confirm": args.confirm, "min_effect_sigma": args.min_effect}
+
+
 def _print_recovery(found: list[str]) -> None:
     if found:
         print("recovery:")
@@ -123,7 +128,14 @@ def _print_recovery(found: list[str]) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     root = _root(args)
-    cfg = config_mod.with_overrides(_config(root), revert=args.discard, model=args.model, learn_every=args.learn_every)
+    cfg = config_mod.with_overrides(_config(root), revert=args.discard, model=args.model, learn_every=args.learn_every,
+                                    **_noise_overrides(args))
+    config_mod.validate(cfg, "the command line")
+    seg = ledger.load_state(ledger.ledger_path(root)).current
+    if args.calibrate and seg is not None and seg.baseline_run is not None:
+        print("note: --calibrate applies when a segment starts; this segment already has its baseline "
+              f"(run #{seg.baseline_run.run}), so it keeps {'its calibration' if seg.calibration else 'the MAD confidence'}",
+              file=sys.stderr)
     try:
         until = parse_until(args.until, dt.datetime.now()) if args.until else None
     except ValueError as exc:

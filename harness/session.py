@@ -12,8 +12,9 @@ import datetime as dt
 import shutil
 import string
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from harness import config as config_mod
 from harness import ledger
@@ -44,6 +45,7 @@ class Target:
     cpu_time_budget_s: float | None = None
     prepare: str | None = None
     source_dir: Path | None = None  # where the files are copied from (None: already in the workspace)
+    settings: dict[str, Any] = field(default_factory=dict)  # [session] keys the target sets (integrity, held-out)
 
 
 def available_targets() -> list[str]:
@@ -57,6 +59,9 @@ def load_target(name: str) -> Target:
         raise InitError(f"unknown target {name!r} (available: {known})")
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     t, m = data["target"], data["metric"]
+    unknown = sorted(set(data.get("session", {})) - {f.name for f in fields(Config)})
+    if unknown:
+        raise InitError(f"{path}: unknown [session] key(s): {', '.join(unknown)}")
     return Target(
         name=t["name"],
         description=t.get("description", ""),
@@ -68,6 +73,7 @@ def load_target(name: str) -> Target:
         cpu_time_budget_s=float(t["cpu_time_budget_s"]) if "cpu_time_budget_s" in t else None,
         prepare=t.get("prepare"),
         source_dir=path.parent,
+        settings=dict(data.get("session", {})),
     )
 
 
@@ -115,6 +121,7 @@ def init_workspace(
     dataset: str | None = None,
     name: str | None = None,
     now: dt.datetime | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[Config, list[str]]:
     """Create or adopt the workspace; returns the config and what was done."""
     now = now or dt.datetime.now()
@@ -166,7 +173,9 @@ def init_workspace(
         model=model,
         revert=revert,  # type: ignore[arg-type]
         branch=branch,
+        **target.settings,
     )
+    cfg = config_mod.with_overrides(cfg, **(overrides or {}))
     config_mod.validate(cfg)
     direction: Direction = target.metric.direction
     session_files: dict[str, str] = {

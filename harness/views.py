@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.config import Config
-from harness.ledger import LedgerState, RunRecord
+from harness.ledger import LedgerState, RunRecord, Segment
 from harness.stats import confidence_band, improvement_pct
 
 BAND_STYLE = {"green": "green", "yellow": "yellow", "red": "red", "none": "dim"}
@@ -52,9 +52,32 @@ def status_data(cfg: Config, state: LedgerState, *, branch: str | None, head: st
         "head": head,
         "consistency": consistency,
         "bad_lines": [asdict(b) for b in state.bad_lines],
+        "noise": _noise(seg),
+        "heldout": _heldout(seg, cfg),
         "cost_usd": round(cost, 4) if cost else 0.0,
         "kept_improvements": max(counts["keep"] - 1, 0),
     }
+
+
+def _noise(seg: Segment | None) -> dict[str, Any]:
+    """How the keep decision is protected against noise in this segment."""
+    if seg is None or seg.calibration is None:
+        return {"calibrated": False, "method": "MAD confidence over the segment's results (no calibration)"}
+    c = seg.calibration
+    return {"calibrated": True, "sigma": c.sigma, "n": c.n, "method": c.raw.get("method", "")}
+
+
+def _heldout(seg: Segment | None, cfg: Config) -> dict[str, Any] | None:
+    """The held-out metric of the baseline and of the best run, when the target has one."""
+    name = cfg.heldout_metric
+    if not name or seg is None:
+        return None
+
+    def value(r: RunRecord | None) -> float | None:
+        h = r.raw.get("heldout") if r else None
+        return h.get(name) if isinstance(h, dict) else None
+
+    return {"name": name, "baseline": value(seg.baseline_run), "best": value(seg.best_run)}
 
 
 def _run_dict(r: RunRecord) -> dict[str, Any]:
@@ -72,6 +95,9 @@ def _run_dict(r: RunRecord) -> dict[str, Any]:
         "duration_s": r.duration_s,
         "diff": r.diff,
         "agent": r.agent,
+        "samples": r.raw.get("samples"),
+        "evidence": r.raw.get("evidence"),
+        "heldout": r.raw.get("heldout"),
     }
 
 
@@ -113,6 +139,14 @@ def render_status(d: dict[str, Any], out: TextIO = sys.stdout) -> None:
             "green": "likely real", "yellow": "marginal, could be noise", "red": "within noise",
             "none": "undefined: under 3 results, zero spread or no improvement"}[band] + ")"),
     ]
+    nz = d["noise"]
+    lines.append(("noise", f"sigma {nz['sigma']:.4g} from {nz['n']} baseline runs (calibrated; keeps must clear the gate)"
+                  if nz["calibrated"] else "not calibrated: the confidence above is the seed's MAD rule "
+                  "(`run --calibrate R` when a segment starts)"))
+    ho = d["heldout"]
+    if ho:
+        lines.append(("held-out", f"{ho['name']}: baseline {_fmt(ho['baseline'])}, best run {_fmt(ho['best'])} "
+                                  "(never used to decide: overfitting to the selection split shows here)"))
     if d["cost_usd"]:
         per = d["cost_usd"] / d["kept_improvements"] if d["kept_improvements"] else None
         lines.append(("agent cost", f"${d['cost_usd']:.2f}" + (f" (${per:.2f} per kept improvement)" if per else "")))
@@ -138,14 +172,18 @@ def render_status(d: dict[str, Any], out: TextIO = sys.stdout) -> None:
 
 def render_log(rows: list[dict[str, Any]], metric_name: str, out: TextIO = sys.stdout) -> None:
     con = Console(file=out, highlight=False)
-    headers = ["run", "status", metric_name, "conf", "time", "description", "hypothesis / reason"]
+    heldout = next((k for r in rows for k in (r.get("heldout") or {}) if k != "error"), None)
+    headers = ["run", "status", metric_name, "n", *([heldout] if heldout else []), "conf", "time", "description",
+               "hypothesis / reason"]
 
     def cells(r: dict[str, Any]) -> list[str]:
         asi = r["asi"] or {}
         note = asi.get("rollback_reason") if r["status"] != "keep" else asi.get("hypothesis")
         note = note or asi.get("hypothesis") or ""
+        ho = (r.get("heldout") or {}).get(heldout) if heldout else None
         return [
-            str(r["run"]), r["status"], _fmt(r["metric"]),
+            str(r["run"]), r["status"], _fmt(r["metric"]), str(len(r["samples"] or ()) or 1),
+            *([_fmt(ho)] if heldout else []),
             "-" if r["confidence"] is None else f"{r['confidence']:.1f}",
             _when(r["timestamp"]), r["description"], str(note).replace("\n", " ")[:120],
         ]
