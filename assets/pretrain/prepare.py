@@ -825,20 +825,24 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
     device = next(model.parameters()).device
     token_bytes = get_token_bytes(tokenizer, device)
     rows = tokenizer.prepared.eval_tokens // MAX_SEQ_LEN
+    steps = -(-rows // batch_size)
     loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device)
-    nats, nbytes, done = [], [], 0
-    while done < rows:
+    # Per-batch sums go into preallocated buffers: no host sync per batch, and no trail of small tensors
+    # that would fragment the CPU heap between the large logits blocks.
+    nats = torch.zeros(steps, device=device)
+    nbytes = torch.zeros(steps, device=device)
+    for step in range(steps):
         x, y, _ = next(loader)
-        keep = min(batch_size, rows - done)  # the last batch may score only its first rows
+        keep = min(batch_size, rows - step * batch_size)  # the last batch may score only its first rows
         logits = model(x)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(y)[:keep]
         b = token_bytes[y[:keep]]
-        nats.append((loss * (b > 0)).sum())
-        nbytes.append(b.sum())
-        done += keep
+        nats[step] = (loss * (b > 0)).sum()
+        nbytes[step] = b.sum()
+        del logits, loss
     # One host sync at the end, and a float64 total (MPS has no float64, so sum on the CPU).
-    total_nats = torch.stack(nats).cpu().double().sum().item()
-    total_bytes = torch.stack(nbytes).cpu().double().sum().item()
+    total_nats = nats.cpu().double().sum().item()
+    total_bytes = nbytes.cpu().double().sum().item()
     return total_nats / (math.log(2) * total_bytes)
 
 
