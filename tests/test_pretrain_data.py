@@ -156,4 +156,4 @@ def test_offline_hub_error_says_what_to_do(cache, monkeypatch):
     monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", offline)
     with pytest.raises(prepare.PrepareError, match="--dataset local"):
         prepare.prepare("climbmix")
-    assert prepare.main(["--dataset", "someone/some-data"]) == 1
+    assert prepare._main(["--dataset", "someone/some-data"]) == 1

@@ -32,6 +32,7 @@ def workspace(tmp_path_factory):
         "AUTORESEARCH_CACHE_DIR": str(root / "cache"),
         "AUTORESEARCH_CHECKPOINT": str(root / "checkpoint"),
         "AUTORESEARCH_TIME_BUDGET": "4",
+        "AUTORESEARCH_RESULT_FILE": str(root / "result.jsonl"),
         "HF_HUB_OFFLINE": "1",
         "CUDA_VISIBLE_DEVICES": "",  # the CPU path, even on a GPU machine
     }
@@ -97,6 +98,10 @@ def test_train_prints_val_bpb_and_saves_a_checkpoint(workspace, prepared):
     assert 0.5 < val_bpb < 9 / 2
     assert metrics["training_seconds"] >= 4 and metrics["num_steps"] >= 2
 
+    # The fixed evaluation reported the same number once through the harness's result channel.
+    reports = [json.loads(line) for line in (root / "result.jsonl").read_text().splitlines()]
+    assert reports == [{"name": "val_bpb", "value": pytest.approx(val_bpb, abs=1e-8)}]
+
     ckpt = root / "checkpoint"
     config = json.loads((ckpt / "config.json").read_text())
     assert config["val_bpb"] == pytest.approx(val_bpb, abs=1e-8) and os.path.isdir(config["tokenizer_dir"])
@@ -120,3 +125,17 @@ def test_train_fails_fast_on_nan(workspace, prepared):
     result = run(ws, env, "train_nan.py")
     assert result.returncode == 1
     assert "FAIL" in result.stdout.splitlines() and "val_bpb" not in result.stdout
+
+
+def test_shipped_train_py_passes_the_harness_audit():
+    """Rewriting every line of train.py as shipped trips none of the harness's integrity rules, so an
+    agent's edit to any of its lines is not flagged for a name it merely inherited."""
+    from pathlib import Path
+
+    from harness import integrity
+
+    names = integrity.fixed_names([Path(ASSETS) / "prepare.py"])
+    assert {"evaluate_bpb", "MAX_SEQ_LEN", "EVAL_TOKENS"} <= names
+    lines = Path(ASSETS, "train.py").read_text(encoding="utf-8").splitlines()
+    patch = "--- a/train.py\n+++ b/train.py\n" + "\n".join("+" + line for line in lines)
+    assert integrity.audit_patch(patch, ["prepare.py"], names) == []

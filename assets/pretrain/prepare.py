@@ -17,6 +17,7 @@ Environment (all optional):
     AUTORESEARCH_TIME_BUDGET   training seconds (default 300)
     AUTORESEARCH_SEED          random seed for train.py (default 42)
     AUTORESEARCH_CHECKPOINT    directory train.py saves the final model to (default <root>/pretrain/checkpoint)
+    AUTORESEARCH_RESULT_FILE   evaluate_bpb appends {"name": "val_bpb", "value": ...} to it (the harness's channel)
 
 Importing this module is cheap and has no side effects: nothing is downloaded or trained at import.
 """
@@ -767,7 +768,7 @@ def prepare(
     return _prepared_from_manifest(out_dir, manifest)
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description="One-time data and tokenizer preparation for the autoresearch pretrain target.",
         epilog=(
@@ -843,8 +844,15 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
     # One host sync at the end, and a float64 total (MPS has no float64, so sum on the CPU).
     total_nats = nats.cpu().double().sum().item()
     total_bytes = nbytes.cpu().double().sum().item()
-    return total_nats / (math.log(2) * total_bytes)
+    bpb = total_nats / (math.log(2) * total_bytes)
+    # The harness's result channel: with metric_source = "result_file" it takes val_bpb only from here,
+    # so a number printed by train.py cannot stand in for this evaluation.
+    result_file = os.environ.get("AUTORESEARCH_RESULT_FILE")
+    if result_file:
+        with open(result_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"name": "val_bpb", "value": bpb}) + "\n")
+    return bpb
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main())

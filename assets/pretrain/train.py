@@ -160,7 +160,7 @@ class SDPAAttention:
     def __init__(self):
         self.masks = {}
 
-    def prepare(self, seq_len: int, windows, device) -> None:
+    def build_masks(self, seq_len: int, windows, device) -> None:
         for w in windows:
             if w < seq_len:
                 self.masks[(seq_len, w)] = sliding_window_mask(seq_len, w, device)
@@ -172,7 +172,7 @@ class SDPAAttention:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             if (T, window) not in self.masks:
-                self.prepare(T, [window], q.device)
+                self.build_masks(T, [window], q.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.masks[(T, window)])
         return y.transpose(1, 2)
 
@@ -188,7 +188,7 @@ class FlexAttention:
         self._create_block_mask, self._flex = create_block_mask, flex_attention
         self.masks = {}
 
-    def prepare(self, seq_len: int, windows, device) -> None:
+    def build_masks(self, seq_len: int, windows, device) -> None:
         for w in windows:
             def mask_mod(b, h, q_idx, kv_idx, w=w):
                 return (q_idx >= kv_idx) & (q_idx - kv_idx < w)
@@ -198,7 +198,7 @@ class FlexAttention:
     def __call__(self, q, k, v, window: int):
         T = q.size(1)
         if (T, window) not in self.masks:
-            self.prepare(T, [window], q.device)
+            self.build_masks(T, [window], q.device)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         return self._flex(q, k, v, block_mask=self.masks[(T, window)]).transpose(1, 2)
 
@@ -211,7 +211,7 @@ class FA3Attention:
     def __init__(self, flash_attn_func):
         self.fn = flash_attn_func
 
-    def prepare(self, seq_len: int, windows, device) -> None:
+    def build_masks(self, seq_len: int, windows, device) -> None:
         pass
 
     def __call__(self, q, k, v, window: int):
@@ -674,7 +674,7 @@ def main() -> None:
         softcap=LOGIT_SOFTCAP, ve_gate_channels=VE_GATE_CHANNELS,
     )
     attention, attention_why = pick_attention(device, compiled)
-    attention.prepare(MAX_SEQ_LEN, set(config.windows()), device)
+    attention.build_masks(MAX_SEQ_LEN, set(config.windows()), device)
     model = GPT(config, attention).to(device)
     model.init_weights()
     num_params = model.num_params()
