@@ -796,7 +796,9 @@ def _main(argv=None) -> int:
         default=None,
         help=f"validation tokens per evaluation, recorded with the data (default {EVAL_TOKENS:,} on this machine)",
     )
-    parser.add_argument("--force", action="store_true", help="rebuild even if already prepared")
+    parser.add_argument(
+        "--force", action="store_true", help="rebuild even if already prepared (e.g. after the files of a directory changed)"
+    )
     args = parser.parse_args(argv)
     _say(f"Cache: {PRETRAIN_DIR}")
     try:
