@@ -1,7 +1,7 @@
 """Tests for the pretrain target's data preparation: dataset names, file splits, the offline corpus,
 preparing from a parquet directory, idempotence and the errors users see.
 
-Run: .venv/bin/python -m pytest tests/test_pretrain_data.py -q   (CPU only, no network, ~10 s)
+Run: .venv/bin/python -m pytest tests/test_pretrain_data.py -q   (CPU only, no network, ~5 s)
 """
 
 import json

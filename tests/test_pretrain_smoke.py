@@ -1,7 +1,7 @@
 """CPU smoke test of the pretrain target as a user runs it: prepare.py and train.py side by side in a
 workspace directory, as subprocesses, on a small offline corpus and a few seconds of training.
 
-Run: .venv/bin/python -m pytest tests/test_pretrain_smoke.py -q   (CPU only, no network, ~40 s)
+Run: .venv/bin/python -m pytest tests/test_pretrain_smoke.py -q   (CPU only, no network, ~15-25 s)
 """
 
 import importlib.util
