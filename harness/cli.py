@@ -37,9 +37,9 @@ def _add_noise_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calibrate", type=int, metavar="R",
                    help="run each segment's baseline R >= 2 times with different seeds to measure the noise floor")
     g.add_argument("--confirm", type=int, metavar="N",
-                   help="with a noise floor, re-run a gain under the threshold up to N times (default 2)")
+                   help="with a noise floor, re-run a candidate up to N >= 1 times with other seeds (default 3)")
     g.add_argument("--min-effect", type=float, metavar="K", dest="min_effect",
-                   help="a gain must exceed K standard errors of the difference to be kept (default 2)")
+                   help="a mean gain must exceed K standard errors of the difference to be kept (default 1.5)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -75,8 +75,8 @@ class Config:
     audit: bool = True  # statically audit each proposal's diff for known ways of gaming the metric
     # --- noise (README "Noise-aware keeps")
     calibrate: int = 0  # run the baseline this many times (>= 2) with different seeds to measure the noise
-    confirm: int = 2  # re-runs allowed to confirm a gain under the noise threshold (with calibration)
-    min_effect_sigma: float = 2.0  # a gain must exceed this many standard errors to be kept
+    confirm: int = 3  # with calibration, re-runs (other seeds) allowed to confirm a candidate; >= 1
+    min_effect_sigma: float = 1.5  # a mean gain must exceed this many standard errors of the difference
     heldout_metric: str | None = None  # a second metric, never used for decisions, evaluated for kept runs
     heldout_command: str | None = None  # how to evaluate it; gets AUTORESEARCH_CHECKPOINT of the kept run
     branch: str = ""
@@ -258,8 +258,10 @@ def validate(cfg: Config, where: str = CONFIG_NAME) -> None:
         problems.append(f"metric_source must be stdout or result_file, not {cfg.metric_source!r}")
     if cfg.calibrate == 1 or cfg.calibrate < 0:
         problems.append("calibrate must be 0 (off) or at least 2 runs")
-    if cfg.confirm < 0 or cfg.learn_every < 0:
-        problems.append("confirm and learn_every must be >= 0")
+    if cfg.confirm < 1:
+        problems.append("confirm must be >= 1: a keep under the noise gate needs at least a second run")
+    if cfg.learn_every < 0:
+        problems.append("learn_every must be >= 0")
     if not (cfg.min_effect_sigma > 0):
         problems.append("min_effect_sigma must be > 0")
     if cfg.startup_allowance_s < 0 or cfg.eval_allowance_s < 0:

@@ -38,7 +38,7 @@ from harness.config import Config
 from harness.decision import Decision, Status, decide
 from harness.metrics import parse_metrics
 from harness.runner import RunResult, run_command
-from harness.stats import gain, gate_threshold, mad_confidence, mad_sigma, median, z_score
+from harness.stats import gain, gate_threshold, mad_confidence, mad_sigma, median, pooled_sd, z_score
 from harness.workspace import Workspace, sha256_file, short
 
 NOTES_FILES = ("autoresearch.md", "autoresearch.ideas.md")  # session notes: committed, never reverted
@@ -565,7 +565,7 @@ class Controller:
             samples, decision = self._calibrate(run, first)
         elif (not baseline and decision.status == "keep" and seg is not None and seg.calibration is not None
               and best_run is not None and decision.gain is not None):
-            samples, decision, evidence = self._confirm(run, first, decision, seg.calibration.sigma, best_run)
+            samples, decision, evidence = self._confirm(run, first, decision, seg, best_run)
             extra["evidence"] = evidence
             confidence = evidence.get("z")
         metrics = dict(first.metrics)
@@ -666,42 +666,54 @@ class Controller:
         })
         return samples, Decision("keep", f"baseline, mean of {len(values)} seeds; noise sigma {sigma:.3g}")
 
-    def _confirm(self, run: int, first: Sample, decision: Decision, sigma: float,
+    def _confirm(self, run: int, first: Sample, decision: Decision, seg: ledger.Segment,
                  best_run: ledger.RunRecord) -> tuple[list[Sample], Decision, dict[str, Any]]:
-        """The noise gate: a gain below `min_effect_sigma` standard errors is re-run with other seeds
-        (up to `confirm` times) and kept only if the mean of its runs clears the threshold."""
+        """The noise gate. A candidate that beat the best on its first run is kept only when the mean
+        of its runs beats the best by `min_effect_sigma` standard errors of the difference; it gets a
+        second run always (one lucky sample is exactly what the winner's curse keeps) and up to
+        `confirm` re-runs in all, with other seeds, stopping as soon as the verdict is clear."""
         name, k, m = self.cfg.metric.name, self.cfg.min_effect_sigma, best_run.n_samples
         best = best_run.value
-        assert best is not None and decision.gain is not None
+        assert best is not None and seg.calibration is not None
         samples = [first]
+        # Every replicated measurement of the segment informs the noise estimate: the calibration
+        # and the repeat runs of earlier candidates. MAD from a handful of calibration runs alone
+        # can be several times too small, and an underestimate lets noise through.
+        groups = [list(seg.calibration.raw.get("values") or [])] + [
+            [x["metric"] for x in (r.raw.get("samples") or []) if isinstance(x.get("metric"), int | float)]
+            for r in seg.runs if r.raw.get("samples") and not r.raw.get("baseline")
+        ]
 
-        def evidence(mean: float, n: int) -> dict[str, Any]:
+        def evidence(vals: list[float]) -> dict[str, Any]:
+            pooled, df = pooled_sd([*groups, vals])
+            sigma = max(seg.calibration.sigma, pooled)  # type: ignore[union-attr]  # never underrate the noise
+            n, mean = len(vals), statistics.fmean(vals)
             g = gain(mean, best, self.cfg.metric.direction)
             return {"n": n, "mean": mean, "best": best, "best_n": m, "sigma": sigma, "gain": g,
-                    "threshold": gate_threshold(sigma, n, m, k), "min_effect_sigma": k, "z": z_score(g, sigma, n, m)}
+                    "sigma_calibration": seg.calibration.sigma, "sigma_pooled": pooled, "sigma_df": df,  # type: ignore[union-attr]
+                    "threshold": gate_threshold(sigma, n, m, k) if sigma > 0 else 0.0, "min_effect_sigma": k,
+                    "z": z_score(g, sigma, n, m)}
 
-        ev = evidence(first.value(name) or 0.0, 1)
-        if sigma == 0 or decision.gain >= ev["threshold"]:
-            return samples, decision, ev
+        ev = evidence([first.value(name) or 0.0])
+        if ev["sigma"] == 0:
+            return samples, decision, ev  # no noise measured: deterministic runs, one sample is the truth
         for i in range(1, self.cfg.confirm + 1):
-            self.say(f"       gain {decision.gain:.4g} is under the noise threshold {ev['threshold']:.4g}: "
-                     f"confirming with seed {self.cfg.seed + i} ({i} of {self.cfg.confirm})")
+            self.say(f"       gain {ev['gain']:.4g} over {ev['n']} run(s) (threshold {ev['threshold']:.4g}): "
+                     f"confirming with seed {self.cfg.seed + i}")
             x = self._sample(run, i)
             samples.append(x)
             if x.failure or x.checks_failure or x.value(name) is None:
                 return samples, Decision("discard", f"not confirmed: confirmation run {i + 1} failed "
                                                     f"({x.failure or x.checks_failure or 'no metric'})"), ev
-            vals = [v for v in (s.value(name) for s in samples) if v is not None]
-            ev = evidence(statistics.fmean(vals), len(vals))
+            ev = evidence([v for v in (s.value(name) for s in samples) if v is not None])
             if ev["gain"] >= ev["threshold"]:
                 return samples, Decision("keep", f"confirmed over {ev['n']} runs: mean gain {ev['gain']:.4g} >= "
                                                  f"threshold {ev['threshold']:.4g} (z={ev['z']:.2f})", ev["gain"]), ev
-            if ev["gain"] <= self.cfg.tolerance:
-                break  # the mean is no better than the best any more: more runs will not rescue it
-        hint = "" if self.cfg.confirm else "; allow re-runs with --confirm N"
+            if ev["gain"] <= self.cfg.tolerance or i >= self.cfg.confirm:
+                break  # no better than the best any more, or out of re-runs
         return samples, Decision("discard", f"not confirmed: mean gain {ev['gain']:.4g} over {ev['n']} run(s) is under "
-                                            f"the noise threshold {ev['threshold']:.4g} "
-                                            f"({k:g} standard errors, sigma {sigma:.3g}){hint}", ev["gain"]), ev
+                                            f"the noise threshold {ev['threshold']:.4g} ({k:g} standard errors, sigma "
+                                            f"{ev['sigma']:.3g})", ev["gain"]), ev
 
     def _heldout(self, run: int) -> dict[str, Any]:
         """Evaluate the held-out metric of a kept run from its checkpoint; never used to decide."""

@@ -107,3 +107,19 @@ def z_score(mean_gain: float, sigma: float, n: int, m: int) -> float | None:
     if sigma <= 0:
         return None
     return mean_gain / (sigma * math.sqrt(1.0 / n + 1.0 / m))
+
+
+def pooled_sd(groups: Sequence[Sequence[float]]) -> tuple[float, int]:
+    """Pooled within-group standard deviation and its degrees of freedom.
+
+    Each group holds repeated measurements of one configuration (different seeds); groups
+    of one carry no information about noise and are skipped. (0.0, 0) when there is none.
+    """
+    ss, df = 0.0, 0
+    for g in groups:
+        if len(g) < 2:
+            continue
+        mean = sum(g) / len(g)
+        ss += sum((x - mean) ** 2 for x in g)
+        df += len(g) - 1
+    return (math.sqrt(ss / df), df) if df else (0.0, 0)

@@ -73,23 +73,34 @@ def test_a_small_gain_is_confirmed_or_refused_on_more_seeds(tmp_path: Path) -> N
         assert "LR = 0.01 " in (root / "train.py").read_text()
 
 
-def test_a_large_gain_is_kept_on_one_sample_with_its_z(tmp_path: Path) -> None:
+def test_a_large_gain_is_kept_with_its_z(tmp_path: Path) -> None:
     root = _noisy(tmp_path, "--calibrate", "3")
     cli(root, "experiment", "-d", "baseline")
     set_constant(root, "LR", "0.03")  # true gain 0.25, about 5 sigma
     cli(root, "experiment", "-d", "LR 0.03", "--asi", '{"hypothesis": "h"}')
     r = runs(root)[-1]
-    assert r.status == "keep" and r.raw["evidence"]["n"] == 1
+    assert r.status == "keep" and r.raw["evidence"]["n"] == 2  # kept on its second run: no lucky single sample
     assert r.confidence == pytest.approx(r.raw["evidence"]["z"]) and r.confidence > 2
 
 
-def test_without_confirmation_a_gain_under_the_threshold_is_not_kept(tmp_path: Path) -> None:
-    root = _noisy(tmp_path, "--calibrate", "3", "--confirm", "0", "--min-effect", "50")
+def test_a_gain_under_a_strict_threshold_is_not_confirmed(tmp_path: Path) -> None:
+    root = _noisy(tmp_path, "--calibrate", "3", "--confirm", "1", "--min-effect", "50")
     cli(root, "experiment", "-d", "baseline")
     set_constant(root, "LR", "0.03")
     cli(root, "experiment", "-d", "LR 0.03", "--asi", '{"hypothesis": "h"}')
     r = runs(root)[-1]
-    assert r.status == "discard" and "--confirm" in r.asi["rollback_reason"]
+    assert r.status == "discard" and "not confirmed" in r.asi["rollback_reason"]
+    assert len(r.raw["samples"]) == 2  # a keep candidate always gets its second run
+
+
+def test_the_noise_estimate_pools_repeat_runs(tmp_path: Path) -> None:
+    root = _noisy(tmp_path, "--calibrate", "3")
+    cli(root, "experiment", "-d", "baseline")
+    set_constant(root, "LR", "0.03")
+    cli(root, "experiment", "-d", "LR 0.03", "--asi", '{"hypothesis": "h"}')
+    ev = runs(root)[-1].raw["evidence"]
+    assert ev["sigma_df"] >= 2 + ev["n"] - 1  # the calibration's 3 runs and the candidate's own repeats
+    assert ev["sigma"] == max(ev["sigma_calibration"], ev["sigma_pooled"])
 
 
 def test_heldout_metric_for_kept_runs_only(tmp_path: Path) -> None:
@@ -116,3 +127,5 @@ def test_calibrate_flag_validation(tmp_path: Path) -> None:
     root = make_toy(tmp_path / "ws")
     res = cli_proc(root, "run", "--calibrate", "1")
     assert res.returncode == 2 and "calibrate must be 0 (off) or at least 2" in res.stderr
+    res = cli_proc(root, "run", "--confirm", "0")
+    assert res.returncode == 2 and "confirm must be >= 1" in res.stderr
