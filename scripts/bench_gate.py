@@ -145,8 +145,11 @@ def main() -> None:
         print(f"{rule:<6} {kept:>6.1f} {fk:>12.1f} {pct:>7.1f}% {statistics.fmean(r['missed'] for r in rs):>7.1f} "
               f"{summary[rule][0]:>15.4f} {summary[rule][1]:>14.1f}")
     (nf, nb, _), (gf, gb, gp) = summary["naive"], summary["gate"]
-    print(f"gate vs naive: budget x{gb / nb:.2f}; final true objective {gf - nf:+.4f} (higher is better); "
-          f"false keeps {gp:.1f}% of keeps")
+    by_seed = {(r["rule"], r["seed"]): r["final"] for r in results}
+    diffs = [by_seed["gate", s] - by_seed["naive", s] for s in range(args.seeds)]
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    print(f"gate vs naive: budget x{gb / nb:.2f}; final true objective {gf - nf:+.4f} +- {se:.4f} (paired over "
+          f"seeds, standard error; higher is better); false keeps {gp:.1f}% of keeps")
 
 
 if __name__ == "__main__":
