@@ -158,24 +158,25 @@ def init_workspace(
     cpu_budget = target.cpu_time_budget_s is not None and budget_s is None and not cuda_available()
     budget = budget_s or (target.cpu_time_budget_s if cpu_budget else target.time_budget_s) or 300.0
     prepare = target.prepare.replace("{dataset}", dataset or "local") if target.prepare else None
+    # Precedence: the harness's defaults < the target's [session] settings < flags given to init.
     cfg = Config(
-        name=name or f"autoresearch {target.name} {tag}",
-        command="bash autoresearch.sh",
-        metric=target.metric,
-        editable=target.editable,
-        fixed=target.fixed,
-        target=target.name,
-        time_budget_s=float(budget),
-        timeout_s=timeout_s,
-        checks_command="bash autoresearch.checks.sh" if checks else None,
-        prepare_command=prepare,
-        agent=agent,  # type: ignore[arg-type]
-        model=model,
-        revert=revert,  # type: ignore[arg-type]
-        branch=branch,
-        **target.settings,
+        **{
+            "name": f"autoresearch {target.name} {tag}",
+            "command": "bash autoresearch.sh",
+            "metric": target.metric,
+            "editable": target.editable,
+            "fixed": target.fixed,
+            "target": target.name,
+            "agent": agent,
+            "revert": revert,
+            **target.settings,
+            "time_budget_s": float(budget),
+            "checks_command": "bash autoresearch.checks.sh" if checks else None,
+            "prepare_command": prepare,
+            "branch": branch,
+        }
     )
-    cfg = config_mod.with_overrides(cfg, **(overrides or {}))
+    cfg = config_mod.with_overrides(cfg, name=name, timeout_s=timeout_s, model=model, **(overrides or {}))
     config_mod.validate(cfg)
     direction: Direction = target.metric.direction
     session_files: dict[str, str] = {
