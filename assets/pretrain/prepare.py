@@ -2,29 +2,49 @@
 Fixed data preparation and evaluation for the autoresearch pretrain target.
 
 The agent edits train.py; this file is fixed (the harness hashes it). It holds the constants train.py
-imports, the two data sources behind one loader, the tokenizer, the BOS-aligned packing dataloader and
-evaluate_bpb, the metric.
+imports, the two data sources behind one loader, the tokenizer, the BOS-aligned packing dataloader,
+evaluate_bpb (the metric, on the `val` split) and the held-out confirmation (the same metric on the
+`heldout` split, evaluated from a kept run's checkpoint and never used to decide anything).
+
+Splits, built once here (the manifest lists them; the fingerprint covers them):
+    train     what train.py trains on
+    val       what evaluate_bpb scores: keep/discard decisions select on it
+    heldout   scored only by `--evaluate-heldout`, for kept runs, never to decide: if val_bpb improves
+              and heldout_bpb does not, the session is overfitting its selection to val
+  local corpus   by file: val = the files whose path hashes into the first VAL_PERCENT of the range (as
+                 before), heldout = the next HELDOUT_PERCENT, train = the rest; a document text that
+                 recurs in several files (boilerplate) stays only in the first of train, val, heldout
+  climbmix       val = the pinned last shard (as before), heldout = the pinned shard before it, which
+                 training never reaches, whatever --num-shards says
+  other hub/dir  the val files as before (validation/valid/val, else test, else the last file; a single
+                 file gives VAL_PERCENT + HELDOUT_PERCENT of its documents), whose documents a salted
+                 hash of the text then halves: one half is val, the other heldout (evaluate_bpb skips it)
 
 Usage (run once, before the baseline):
     python prepare.py --dataset local                     # offline default: corpus from the Python stdlib
     python prepare.py --dataset climbmix                  # karpathy/climbmix-400b-shuffle (HF Hub)
     python prepare.py --dataset roneneldan/TinyStories    # any hub dataset repo with a `text` column
     python prepare.py --dataset /data/my_parquet_dir      # a local directory of parquet files
+    python prepare.py --evaluate-heldout [CHECKPOINT_DIR] # heldout_bpb of a checkpoint (the harness runs it)
 
 Environment (all optional):
     AUTORESEARCH_CACHE_DIR     cache root (default ~/.cache/autoresearch); prepared data lives in <root>/pretrain/
     AUTORESEARCH_DATASET       which prepared dataset train.py uses (default: the one prepared last)
     AUTORESEARCH_TIME_BUDGET   training seconds (default 300)
     AUTORESEARCH_SEED          random seed for train.py (default 42)
-    AUTORESEARCH_CHECKPOINT    directory train.py saves the final model to (default <root>/pretrain/checkpoint)
-    AUTORESEARCH_RESULT_FILE   evaluate_bpb appends {"name": "val_bpb", "value": ...} to it (the harness's channel)
+    AUTORESEARCH_CHECKPOINT    directory train.py saves the final model to (default <root>/pretrain/checkpoint);
+                               also what --evaluate-heldout reads when given no directory
+    AUTORESEARCH_RESULT_FILE   evaluate_bpb appends {"name": "val_bpb", "value": ...} to it (the harness's channel),
+                               --evaluate-heldout {"name": "heldout_bpb", "value": ...}
 
 Importing this module is cheap and has no side effects: nothing is downloaded or trained at import.
 """
 
 import argparse
 import base64
+import contextlib
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -63,6 +83,7 @@ CHECKPOINT_DIR = os.environ.get("AUTORESEARCH_CHECKPOINT") or os.path.join(PRETR
 
 CLIMBMIX_REPO = "karpathy/climbmix-400b-shuffle"
 CLIMBMIX_VAL_SHARD = 6542  # the last shard is the pinned validation shard, as in karpathy/autoresearch
+CLIMBMIX_HELDOUT_SHARD = 6541  # the one before it is the pinned heldout shard; training stops short of it
 
 # GPT-4's split pattern with numbers grouped by at most two digits (not three): with a vocabulary this
 # small, three-digit number tokens waste slots (karpathy/nanochat tokenizer.py makes the same change).
@@ -79,10 +100,16 @@ LOCAL_DOC_CHARS = 1200
 LOCAL_MAX_FILE_BYTES = 2 * 1024 * 1024  # skip generated giants; pydoc_data/topics.py (the docs, 0.8 MB) stays in
 LOCAL_SUFFIXES = (".py", ".txt", ".rst", ".md")
 VAL_PERCENT = 5  # share of files (local corpus) or documents (single-file sources) held out for validation
+HELDOUT_PERCENT = 5  # and the next share, held out for the heldout split (disjoint from val and train)
+HELDOUT_OF_VAL_PERCENT = 50  # hub/dir sources: share of the val files' documents that form the heldout split
 TOKENIZER_MAX_CHARS = 1_000_000_000  # tokenizer training reads at most this much of the train split
 TOKENIZER_DOC_CHARS = 10_000  # and at most this much of any one document
 
 NOT_PREPARED = "error: no prepared data in {where}; run `python prepare.py --dataset {dataset}` first"
+NO_HELDOUT = (
+    "{where} was prepared before the heldout split existed; run `python prepare.py --dataset {dataset} --force` "
+    "to rebuild it with one (the fingerprint changes: runs before and after are not comparable)"
+)
 
 
 def _say(*parts) -> None:
@@ -172,10 +199,17 @@ class Prepared:
     train_files: tuple[str, ...]
     val_files: tuple[str, ...]
     eval_tokens: int
+    heldout_files: tuple[str, ...] = ()  # empty: prepared before the heldout split existed
+    # True: heldout_files are the val files, and _is_heldout_doc() splits their documents between val and heldout
+    heldout_in_val: bool = False
 
     @property
     def tokenizer_dir(self) -> str:
         return os.path.join(self.dir, "tokenizer")
+
+    @property
+    def has_heldout(self) -> bool:
+        return bool(self.heldout_files)
 
 
 def _read_manifest(directory: str) -> dict | None:
@@ -198,6 +232,8 @@ def _prepared_from_manifest(directory: str, m: dict) -> Prepared:
         train_files=tuple(resolve(p) for p in m["train_files"]),
         val_files=tuple(resolve(p) for p in m["val_files"]),
         eval_tokens=m.get("eval_tokens") or EVAL_TOKENS,
+        heldout_files=tuple(resolve(p) for p in m.get("heldout_files") or ()),
+        heldout_in_val=bool(m.get("heldout_in_val", False)),
     )
 
 
@@ -285,16 +321,38 @@ def split_documents(text: str, max_chars: int = LOCAL_DOC_CHARS) -> list[str]:
     return [d.strip("\n") for d in docs if d.strip()]
 
 
-def _is_val(key: str) -> bool:
-    return int(_sha256_hex(key.encode())[:8], 16) % 100 < VAL_PERCENT
+def _band(key: str) -> int:
+    """A stable pseudo-random number in [0, 100) for a file path or a document's text."""
+    return int(_sha256_hex(key.encode())[:8], 16) % 100
 
 
-def build_local_corpus(max_bytes: int | None = None) -> tuple[list[str], list[str], str, dict]:
-    """Documents (train, val), a content fingerprint and a description of the stdlib corpus.
+def _is_heldout_doc(text: str) -> bool:
+    """Of the documents in a hub/dir source's val files, those that belong to the heldout split. The hash is
+    salted, so it is independent of _band (which chose the val documents of single-file sources)."""
+    return _band("heldout\0" + text) < HELDOUT_OF_VAL_PERCENT
 
-    The split is by file (a file's documents are all train or all val, so no near-duplicate context
-    leaks across), decided by a hash of its relative path. max_bytes caps the corpus (tests use a few
-    hundred KB); None takes every file.
+
+def _is_val_doc(text: str) -> bool:
+    return not _is_heldout_doc(text)
+
+
+@dataclass(frozen=True)
+class LocalCorpus:
+    train: list[str]
+    val: list[str]
+    heldout: list[str]
+    fingerprint: str
+    info: dict
+
+
+def local_corpus(max_bytes: int | None = None) -> LocalCorpus:
+    """The stdlib corpus as train, val and heldout documents, with a content fingerprint and a description.
+
+    The split is by file (a file's documents all go to one split, so no near-duplicate context leaks
+    across), decided by a hash of its relative path: the first VAL_PERCENT of the hash range is val, the
+    next HELDOUT_PERCENT heldout. Exact duplicates are dropped from the later split (train, then val,
+    then heldout), so no document text is in two splits. max_bytes caps the corpus (tests use a few
+    hundred KB); None takes every file. A corpus so small that a share is empty still gets a file in each.
     """
     files, total = [], 0
     for rel, path in _stdlib_files():
@@ -305,22 +363,42 @@ def build_local_corpus(max_bytes: int | None = None) -> tuple[list[str], list[st
             continue
         files.append((rel, text))
         total += len(text.encode("utf-8"))
-    if len(files) < 2:
+    if len(files) < 3:
         raise RuntimeError(f"found only {len(files)} usable text files in {sysconfig.get_paths()['stdlib']}")
-    val_names = {rel for rel, _ in files if _is_val(rel)} or {files[0][0]}
-    if len(val_names) == len(files):
-        val_names.discard(files[-1][0])
-    digest = hashlib.sha256(f"local-v1 doc_chars={LOCAL_DOC_CHARS} val={VAL_PERCENT}\n".encode())
-    train, val = [], []
+    names = [rel for rel, _ in files]
+    # A tiny corpus may hash no file into a share, or every file: each split still gets at least one.
+    val_names = [rel for rel in names if _band(rel) < VAL_PERCENT][: len(names) - 2] or names[:1]
+    heldout_names = [rel for rel in names if rel not in val_names and _band(rel) < VAL_PERCENT + HELDOUT_PERCENT]
+    heldout_names = heldout_names[: len(names) - 1 - len(val_names)] or [
+        next(rel for rel in names if rel not in val_names)
+    ]
+    digest = hashlib.sha256(
+        f"local-v2 doc_chars={LOCAL_DOC_CHARS} val={VAL_PERCENT} heldout={HELDOUT_PERCENT}\n".encode()
+    )
+    train, val, heldout = [], [], []
+    val_set, heldout_set = set(val_names), set(heldout_names)
     for rel, text in files:
         digest.update(f"{rel}\0{_sha256_hex(text.encode('utf-8'))}\n".encode())
-        (val if rel in val_names else train).extend(split_documents(text))
+        split = val if rel in val_set else heldout if rel in heldout_set else train
+        split.extend(split_documents(text))
+    # Boilerplate (license headers, codec tables, `if __name__ == "__main__":` tails) recurs across files:
+    # an evaluation document that is also a training document (or, for heldout, a val one) is dropped.
+    seen = set(train)
+    val = [d for d in val if d not in seen]
+    seen.update(val)
+    heldout = [d for d in heldout if d not in seen]
     info = {
         "source": f"Python {sys.version.split()[0]} standard library at {sysconfig.get_paths()['stdlib']}",
         "files": len(files),
         "bytes": total,
     }
-    return train, val, digest.hexdigest(), info
+    return LocalCorpus(train, val, heldout, digest.hexdigest(), info)
+
+
+def build_local_corpus(max_bytes: int | None = None) -> tuple[list[str], list[str], str, dict]:
+    """(train, val, fingerprint, info) of local_corpus(); the heldout documents are in neither list."""
+    c = local_corpus(max_bytes)
+    return c.train, c.val, c.fingerprint, c.info
 
 
 def _write_shards(docs: list[str], directory: str, prefix: str, docs_per_shard: int = 100_000) -> list[str]:
@@ -422,14 +500,27 @@ def _check_text_column(path: str) -> None:
 
 
 def _split_single_file(path: str, out_dir: str) -> tuple[list[str], list[str]]:
-    """A source with one parquet file: hold out VAL_PERCENT of its documents, by a hash of the text."""
+    """A source with one parquet file: hold out VAL_PERCENT + HELDOUT_PERCENT of its documents, by a hash
+    of the text, as its val file (whose documents _is_heldout_doc then halves into val and heldout)."""
     train, val = [], []
     for text in pq.read_table(path, columns=["text"]).column("text").to_pylist():
         if text:
-            (val if _is_val(text) else train).append(text)
+            (val if _band(text) < VAL_PERCENT + HELDOUT_PERCENT else train).append(text)
     if not val or not train:
         raise PrepareError(f"{path}: too few documents to hold out a validation split")
     return _write_shards(train, out_dir, "train"), _write_shards(val, out_dir, "val")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a source's splits are (paths relative to the dataset's cache directory, or absolute)."""
+
+    train: list[str]
+    val: list[str]
+    heldout: list[str]
+    heldout_in_val: bool  # heldout == val, and _is_heldout_doc splits their documents
+    content: str  # content fingerprint
+    info: dict
 
 
 def _file_digest(paths: list[str]) -> str:
@@ -442,13 +533,15 @@ def _file_digest(paths: list[str]) -> str:
     return digest.hexdigest()
 
 
-def _fetch_hub(source: Source, out_dir: str, num_shards: int) -> tuple[list[str], list[str], str, dict]:
+def _fetch_hub(source: Source, out_dir: str, num_shards: int) -> _Layout:
     revision = _hub_revision(source.name)
     raw_dir = os.path.join(out_dir, "raw")
+    heldout: list[str] = []
     if source.kind == "climbmix":
-        n = CLIMBMIX_VAL_SHARD if num_shards < 0 else min(num_shards, CLIMBMIX_VAL_SHARD)
+        n = CLIMBMIX_HELDOUT_SHARD if num_shards < 0 else min(num_shards, CLIMBMIX_HELDOUT_SHARD)
         train = [f"shard_{i:05d}.parquet" for i in range(n)]
         val = [f"shard_{CLIMBMIX_VAL_SHARD:05d}.parquet"]
+        heldout = [f"shard_{CLIMBMIX_HELDOUT_SHARD:05d}.parquet"]
     else:
         from huggingface_hub import HfApi
 
@@ -462,7 +555,7 @@ def _fetch_hub(source: Source, out_dir: str, num_shards: int) -> tuple[list[str]
             raise PrepareError(f"{source.name} has no parquet files (neither on main nor refs/convert/parquet)")
         if num_shards >= 0:
             train = train[:num_shards]
-    wanted = train + val
+    wanted = train + val + heldout
     _say(f"Data: {len(wanted)} files from {source.name}@{revision[:12]} into {raw_dir}")
     for i, name in enumerate(wanted, 1):
         if not os.path.exists(os.path.join(raw_dir, name)):
@@ -474,11 +567,14 @@ def _fetch_hub(source: Source, out_dir: str, num_shards: int) -> tuple[list[str]
     val_paths = [os.path.join("raw", p) for p in val]
     if not val:
         train_paths, val_paths = _split_single_file(os.path.join(out_dir, train_paths[0]), out_dir)
-    content = f"{source.name}@{revision}:" + ",".join(wanted)
-    return train_paths, val_paths, _sha256_hex(content.encode()), {"source": f"{source.name}@{revision}"}
+    content = _sha256_hex((f"{source.name}@{revision}:" + ",".join(wanted)).encode())
+    info = {"source": f"{source.name}@{revision}"}
+    if heldout:  # climbmix: a pinned shard of its own
+        return _Layout(train_paths, val_paths, [os.path.join("raw", p) for p in heldout], False, content, info)
+    return _Layout(train_paths, val_paths, val_paths, True, content, info)
 
 
-def _scan_dir(source: Source, out_dir: str, num_shards: int) -> tuple[list[str], list[str], str, dict]:
+def _scan_dir(source: Source, out_dir: str, num_shards: int) -> _Layout:
     found = []
     for dirpath, _, filenames in os.walk(source.name):
         found += [os.path.join(dirpath, f) for f in filenames if f.endswith(".parquet")]
@@ -495,7 +591,7 @@ def _scan_dir(source: Source, out_dir: str, num_shards: int) -> tuple[list[str],
     fingerprint = _file_digest(train_paths + val_paths)
     if not val_paths:
         train_paths, val_paths = _split_single_file(train_paths[0], out_dir)
-    return train_paths, val_paths, fingerprint, {"source": source.name}
+    return _Layout(train_paths, val_paths, val_paths, True, fingerprint, {"source": source.name})
 
 
 # ---------------------------------------------------------------------------
@@ -619,17 +715,36 @@ def get_token_bytes(tokenizer: Tokenizer, device="cpu") -> torch.Tensor:
 # ---------------------------------------------------------------------------
 
 
-def _document_batches(paths: tuple[str, ...], batch_docs: int = 128):
-    """Endless (texts, epoch) over the files' `text` column, in file and row order."""
+def _document_batches(paths: tuple[str, ...], batch_docs: int = 128, keep=None):
+    """Endless (texts, epoch) over the files' `text` column, in file and row order; only the documents
+    for which keep(text) is true when keep is given."""
     epoch = 1
     while True:
+        found = False
         for path in paths:
             pf = pq.ParquetFile(path)
             for rg in range(pf.num_row_groups):
-                texts = [t for t in pf.read_row_group(rg, columns=["text"]).column("text").to_pylist() if t]
+                texts = pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()
+                texts = [t for t in texts if t and (keep is None or keep(t))]
+                found = found or bool(texts)
                 for i in range(0, len(texts), batch_docs):
                     yield texts[i : i + batch_docs], epoch
+        if not found:
+            raise ValueError(f"no documents in {', '.join(paths) or '(no files)'}")
         epoch += 1
+
+
+def _split_files(prepared: Prepared, split: str) -> tuple[tuple[str, ...], object]:
+    """(files, keep) of a split: its parquet files, and the document filter to apply (None: all)."""
+    if split == "train":
+        return prepared.train_files, None
+    if split == "val":
+        return prepared.val_files, _is_val_doc if prepared.heldout_in_val else None
+    if split == "heldout":
+        if not prepared.has_heldout:
+            raise ValueError(NO_HELDOUT.format(where=prepared.dir, dataset=prepared.dataset))
+        return prepared.heldout_files, _is_heldout_doc if prepared.heldout_in_val else None
+    raise ValueError(f"split must be 'train', 'val' or 'heldout', not {split!r}")
 
 
 def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_size: int = 1000, device=None):
@@ -640,12 +755,11 @@ def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, buffer_siz
     shortest one cropped to fill the row exactly. So there is no padding and little is cropped. The rows
     depend only on the data and T, never on B, so evaluation does not depend on the batch size.
     On CUDA the batch goes through pinned memory with a non-blocking copy; elsewhere it stays put.
+    split is train, val or heldout; training code must only ever read train.
     """
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', not {split!r}")
-    prepared = tokenizer.prepared
+    files, keep = _split_files(tokenizer.prepared, split)
     device = torch.device(device or ("cuda" if ON_CUDA else "cpu"))
-    batches = _document_batches(prepared.train_files if split == "train" else prepared.val_files)
+    batches = _document_batches(files, keep=keep)
     bos = tokenizer.get_bos_token_id()
     lengths: list[int] = []  # kept sorted; docs[i] has length lengths[i]
     docs: list[list[int]] = []
@@ -694,7 +808,11 @@ def prepare(
     eval_tokens: int | None = None,
     force: bool = False,
 ) -> Prepared:
-    """Build (or find) the dataset and its tokenizer, and make it the one train.py uses next."""
+    """Build (or find) the dataset and its tokenizer, and make it the one train.py uses next.
+
+    Data prepared before the heldout split existed is not rebuilt silently (that would change the training
+    split under a running session): PrepareError asks for --force instead.
+    """
     source = parse_dataset(spec)
     out_dir = os.path.join(PRETRAIN_DIR, source.slug)
     params = {
@@ -704,10 +822,12 @@ def prepare(
         "eval_tokens": eval_tokens,
     }
     old = _read_manifest(out_dir)
-    local = build_local_corpus(max_bytes) if source.kind == "local" else None
     unchanged = old is not None and old.get("params") == params
+    if unchanged and not force and not old.get("heldout_files"):
+        raise PrepareError(NO_HELDOUT.format(where=out_dir, dataset=spec))
+    local = local_corpus(max_bytes) if source.kind == "local" else None
     if unchanged and local is not None:
-        unchanged = old.get("content_fingerprint") == local[2]  # the stdlib changes with the Python version
+        unchanged = old.get("content_fingerprint") == local.fingerprint  # the stdlib changes with the Python version
     if unchanged and not force:
         prepared = _prepared_from_manifest(out_dir, old)
         _atomic_write_text(LAST_PREPARED, source.slug + "\n")
@@ -721,49 +841,72 @@ def prepare(
 
     t0 = time.time()
     if local is not None:
-        train_docs, val_docs, content, info = local
+        info = local.info
         _say(f"Data: local corpus from {info['source']}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB")
         for stale in os.listdir(out_dir):
             if stale.endswith(".parquet"):
                 os.remove(os.path.join(out_dir, stale))
-        train_files = _write_shards(train_docs, out_dir, "train")
-        val_files = _write_shards(val_docs, out_dir, "val")
+        layout = _Layout(
+            _write_shards(local.train, out_dir, "train"), _write_shards(local.val, out_dir, "val"),
+            _write_shards(local.heldout, out_dir, "heldout"), False, local.fingerprint, info,
+        )
+        rule = f"files: val = the first {VAL_PERCENT}% of the path hash range, heldout = the next {HELDOUT_PERCENT}%"
     elif source.kind in ("climbmix", "hub"):
-        train_files, val_files, content, info = _fetch_hub(source, out_dir, num_shards)
+        layout = _fetch_hub(source, out_dir, num_shards)
+        rule = f"shard {CLIMBMIX_HELDOUT_SHARD}, pinned, never trained on" if source.kind == "climbmix" else ""
     else:
-        train_files, val_files, content, info = _scan_dir(source, out_dir, num_shards)
+        layout = _scan_dir(source, out_dir, num_shards)
+        rule = ""
+    if layout.heldout_in_val:
+        rule = f"documents: {HELDOUT_OF_VAL_PERCENT}% of the val files' documents by a salted hash of the text"
 
     def absolute(p: str) -> str:
         return p if os.path.isabs(p) else os.path.join(out_dir, p)
 
-    train_abs = [absolute(p) for p in train_files]
-    total_docs = sum(pq.ParquetFile(p).metadata.num_rows for p in train_abs)
+    def count(paths: list[str], keep=None) -> int:
+        if keep is None:
+            return sum(pq.ParquetFile(absolute(p)).metadata.num_rows for p in paths)
+        return sum(keep(t) for t in _iter_parquet_texts([absolute(p) for p in paths], math.inf, None) if t)
+
+    val_keep, heldout_keep = (_is_val_doc, _is_heldout_doc) if layout.heldout_in_val else (None, None)
+    val_docs, heldout_docs = count(layout.val, val_keep), count(layout.heldout, heldout_keep)
+    if not val_docs or not heldout_docs:
+        raise PrepareError(
+            f"{spec}: too few validation documents ({val_docs + heldout_docs}) to split into val and heldout"
+        )
+    train_abs = [absolute(p) for p in layout.train]
+    total_docs = count(layout.train)
     tok_dir = os.path.join(out_dir, "tokenizer")
     shutil.rmtree(tok_dir, ignore_errors=True)
     train_tokenizer(_iter_parquet_texts(train_abs), vocab_size, tok_dir, total_docs=total_docs)
 
-    fingerprint = _sha256_hex(f"{content} vocab={vocab_size} eval={eval_tokens}".encode())[:16]
+    splits = f"splits=v2 heldout_of_val={HELDOUT_OF_VAL_PERCENT}" if layout.heldout_in_val else "splits=v2"
+    fingerprint = _sha256_hex(f"{layout.content} vocab={vocab_size} eval={eval_tokens} {splits}".encode())[:16]
     manifest = {
-        "format": 1,
+        "format": 2,
         "dataset": spec,
         "kind": source.kind,
         "fingerprint": fingerprint,
-        "content_fingerprint": content,
+        "content_fingerprint": layout.content,
         "vocab_size": vocab_size,
-        "train_files": train_files,
-        "val_files": val_files,
+        "train_files": layout.train,
+        "val_files": layout.val,
+        "heldout_files": layout.heldout,
+        "heldout_in_val": layout.heldout_in_val,
+        "heldout_rule": rule,
         "train_docs": total_docs,
-        "val_docs": sum(pq.ParquetFile(absolute(p)).metadata.num_rows for p in val_files),
+        "val_docs": val_docs,
+        "heldout_docs": heldout_docs,
         "eval_tokens": eval_tokens,
         "params": params,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **info,
+        **layout.info,
     }
     _atomic_write_text(os.path.join(out_dir, "manifest.json"), json.dumps(manifest, indent=1))
     _atomic_write_text(LAST_PREPARED, source.slug + "\n")
     _say(
-        f"Data: prepared {spec} in {time.time() - t0:.1f}s: {manifest['train_docs']:,} train / "
-        f"{manifest['val_docs']:,} val documents, fingerprint {fingerprint}, at {out_dir}"
+        f"Data: prepared {spec} in {time.time() - t0:.1f}s: {total_docs:,} train / {val_docs:,} val / "
+        f"{heldout_docs:,} heldout documents, fingerprint {fingerprint}, at {out_dir}"
     )
     return _prepared_from_manifest(out_dir, manifest)
 
@@ -775,7 +918,9 @@ def _main(argv=None) -> int:
             "Prepared data goes to $AUTORESEARCH_CACHE_DIR/pretrain/<dataset>/ (default ~/.cache/autoresearch), "
             "one directory per dataset, each with a manifest.json recording its fingerprint; val_bpb is only "
             "comparable between runs on the same fingerprint. train.py uses the dataset prepared last, or "
-            "$AUTORESEARCH_DATASET. Running this again for a prepared dataset does nothing."
+            "$AUTORESEARCH_DATASET. Running this again for a prepared dataset does nothing. Each dataset has "
+            "three disjoint splits: train, val (evaluate_bpb: what keep decisions select on) and heldout "
+            "(only --evaluate-heldout reads it)."
         ),
     )
     parser.add_argument(
@@ -797,9 +942,27 @@ def _main(argv=None) -> int:
         help=f"validation tokens per evaluation, recorded with the data (default {EVAL_TOKENS:,} on this machine)",
     )
     parser.add_argument(
-        "--force", action="store_true", help="rebuild even if already prepared (e.g. after the files of a directory changed)"
+        "--force",
+        action="store_true",
+        help="rebuild even if already prepared (e.g. after the files of a directory changed, or for data prepared "
+        "before the heldout split existed)",
+    )
+    parser.add_argument(
+        "--evaluate-heldout",
+        nargs="?",
+        const="",
+        metavar="CHECKPOINT_DIR",
+        help="instead of preparing: print heldout_bpb of the checkpoint train.py saved in CHECKPOINT_DIR (default "
+        "$AUTORESEARCH_CHECKPOINT), rebuilt by the train.py copy inside it; the harness runs this for kept runs",
     )
     args = parser.parse_args(argv)
+    if args.evaluate_heldout is not None:
+        try:
+            evaluate_heldout(args.evaluate_heldout or None)
+        except _HeldoutError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return 1
+        return 0
     _say(f"Cache: {PRETRAIN_DIR}")
     try:
         prepare(args.dataset, args.vocab_size, args.max_bytes, args.num_shards, args.eval_tokens, args.force)
@@ -815,21 +978,23 @@ def _main(argv=None) -> int:
 # ---------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
-    """Bits per byte of the validation split: the vocabulary-independent metric.
+def _report(name: str, value: float) -> None:
+    """The harness's result channel: with metric_source = "result_file" it takes val_bpb only from here,
+    so a number printed by train.py cannot stand in for this evaluation."""
+    result_file = os.environ.get("AUTORESEARCH_RESULT_FILE")
+    if result_file:
+        with open(result_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"name": name, "value": value}) + "\n")
 
-    `model(inputs)` must return logits (B, T, vocab); the loss is computed here, in float32, so the
-    metric does not depend on how train.py computes its own. Per-token cross-entropy (nats) is summed
-    over targets that are not special tokens, divided by the UTF-8 bytes those targets stand for, and
-    converted to bits. Exactly eval_tokens // MAX_SEQ_LEN rows of length MAX_SEQ_LEN are scored, the
-    same rows whatever the batch size. Call it under the same autocast context as training.
-    """
+
+@torch.no_grad()
+def _bpb_on_split(model, tokenizer: Tokenizer, batch_size: int, *, split: str) -> float:
+    """Bits per byte of `split` (val or heldout): what evaluate_bpb and --evaluate-heldout both compute."""
     device = next(model.parameters()).device
     token_bytes = get_token_bytes(tokenizer, device)
     rows = tokenizer.prepared.eval_tokens // MAX_SEQ_LEN
     steps = -(-rows // batch_size)
-    loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val", device=device)
+    loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, split, device=device)
     # Per-batch sums go into preallocated buffers: no host sync per batch, and no trail of small tensors
     # that would fragment the CPU heap between the large logits blocks.
     nats = torch.zeros(steps, device=device)
@@ -846,13 +1011,132 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
     # One host sync at the end, and a float64 total (MPS has no float64, so sum on the CPU).
     total_nats = nats.cpu().double().sum().item()
     total_bytes = nbytes.cpu().double().sum().item()
-    bpb = total_nats / (math.log(2) * total_bytes)
-    # The harness's result channel: with metric_source = "result_file" it takes val_bpb only from here,
-    # so a number printed by train.py cannot stand in for this evaluation.
-    result_file = os.environ.get("AUTORESEARCH_RESULT_FILE")
-    if result_file:
-        with open(result_file, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"name": "val_bpb", "value": bpb}) + "\n")
+    return total_nats / (math.log(2) * total_bytes)
+
+
+@torch.no_grad()
+def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
+    """Bits per byte of the validation split: the vocabulary-independent metric.
+
+    `model(inputs)` must return logits (B, T, vocab); the loss is computed here, in float32, so the
+    metric does not depend on how train.py computes its own. Per-token cross-entropy (nats) is summed
+    over targets that are not special tokens, divided by the UTF-8 bytes those targets stand for, and
+    converted to bits. Exactly eval_tokens // MAX_SEQ_LEN rows of length MAX_SEQ_LEN are scored, the
+    same rows whatever the batch size. Call it under the same autocast context as training.
+    The value is also appended to $AUTORESEARCH_RESULT_FILE as val_bpb.
+    """
+    bpb = _bpb_on_split(model, tokenizer, batch_size, split="val")
+    _report("val_bpb", bpb)
+    return bpb
+
+
+# Held-out confirmation: the harness runs `python prepare.py --evaluate-heldout` after a kept run, with
+# AUTORESEARCH_CHECKPOINT set to that run's checkpoint. The model is rebuilt by the copy of train.py saved
+# in the checkpoint (so later edits to the workspace's train.py can neither break nor steer it):
+# GPT(GPTConfig(**config["model"]), attention), attention from its pick_attention(device, False).
+
+_CHECKPOINT_MODULE = "_autoresearch_checkpoint_train"
+
+
+class _HeldoutError(Exception):
+    """Why a checkpoint cannot be evaluated: printed as one line, exit status 1."""
+
+
+def _checkpoint_data(config: dict) -> Prepared:
+    """The prepared dataset the checkpoint was trained on, which must still be the one prepared."""
+    tokenizer_dir = config.get("tokenizer_dir")
+    directory = os.path.dirname(os.path.normpath(tokenizer_dir)) if isinstance(tokenizer_dir, str) else None
+    manifest = _read_manifest(directory) if directory else None
+    if manifest is not None:
+        prepared = _prepared_from_manifest(directory, manifest)
+    else:  # the cache moved: the dataset the checkpoint names, found as train.py finds it
+        dataset = config.get("dataset")
+        prepared = load_prepared(dataset if isinstance(dataset, str) else None)  # exits with a message if none
+    fingerprint = config.get("fingerprint")
+    if fingerprint is not None and fingerprint != prepared.fingerprint:
+        raise _HeldoutError(
+            f"the checkpoint was trained on data with fingerprint {fingerprint}, but {prepared.dir} now holds "
+            f"{prepared.fingerprint} (prepared again since): evaluate a checkpoint trained on the current data"
+        )
+    if not prepared.has_heldout:
+        raise _HeldoutError(NO_HELDOUT.format(where=prepared.dir, dataset=prepared.dataset))
+    return prepared
+
+
+def _checkpoint_model(checkpoint: str, config: dict, device: torch.device) -> tuple[torch.nn.Module, int]:
+    """(model with the checkpoint's weights, in eval mode on device, eval batch size), built by the
+    checkpoint's own train.py, imported under a private name so that its training does not run."""
+    sys.modules.setdefault("prepare", sys.modules[__name__])  # its `from prepare import` gets this module
+    path = os.path.join(checkpoint, "train.py")
+    spec = importlib.util.spec_from_file_location(_CHECKPOINT_MODULE, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_CHECKPOINT_MODULE] = module
+    try:
+        spec.loader.exec_module(module)
+        model_config = module.GPTConfig(**config["model"])
+        pick = getattr(module, "pick_attention", None)
+        attention = pick(device, False)[0] if callable(pick) else None
+        model = module.GPT(model_config, attention) if attention is not None else module.GPT(model_config)
+        state = torch.load(os.path.join(checkpoint, "model.pt"), map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - whatever the saved code does wrong, say it in one line
+        why = (str(e).strip().splitlines() or [""])[0][:300]
+        raise _HeldoutError(f"cannot rebuild the model with {path}: {type(e).__name__}: {why}") from e
+    finally:
+        sys.modules.pop(_CHECKPOINT_MODULE, None)
+    try:  # the batch size changes only speed and memory, never the metric
+        batch_size = int(getattr(module, "EVAL_BATCH_SIZE", 0) or module.PRESETS[config["preset"]]["device_batch"])
+    except Exception:  # noqa: BLE001 - an edited train.py may lack either; any positive size is correct
+        batch_size = 8
+    return model.to(device).eval(), max(1, batch_size)
+
+
+def evaluate_heldout(checkpoint_dir: str | None = None) -> float:
+    """heldout_bpb of the model in checkpoint_dir (default $AUTORESEARCH_CHECKPOINT): bits per byte on the
+    heldout split, computed exactly as evaluate_bpb computes val_bpb (same code, rows and eval_tokens).
+    Prints `METRIC heldout_bpb=...` and appends it to $AUTORESEARCH_RESULT_FILE. Raises _HeldoutError."""
+    t0 = time.time()
+    checkpoint = os.path.abspath(checkpoint_dir or CHECKPOINT_DIR)
+    if not os.path.isdir(checkpoint):
+        raise _HeldoutError(f"no checkpoint at {checkpoint} (train.py saves one at the end of a run)")
+    missing = [n for n in ("config.json", "model.pt", "train.py") if not os.path.isfile(os.path.join(checkpoint, n))]
+    if missing:
+        raise _HeldoutError(f"{checkpoint} is not a complete checkpoint: no {' or '.join(missing)}")
+    try:
+        with open(os.path.join(checkpoint, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+        if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+            raise ValueError("no `model` settings")
+    except (OSError, ValueError) as e:
+        raise _HeldoutError(f"{checkpoint}/config.json is not a checkpoint config: {e}") from e
+    prepared = _checkpoint_data(config)
+    device = torch.device("cuda" if ON_CUDA else "cpu")
+    model, batch_size = _checkpoint_model(checkpoint, config, device)
+    tokenizer = Tokenizer.from_prepared(prepared)
+    use_bf16 = ON_CUDA and torch.cuda.is_bf16_supported()  # as train.py trains and evaluates on CUDA
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    t_eval = time.time()
+    while True:
+        try:
+            with autocast:
+                bpb = _bpb_on_split(model, tokenizer, batch_size, split="heldout")
+            break
+        except torch.cuda.OutOfMemoryError:  # eager evaluation holds more than train.py's compiled one
+            if batch_size == 1:
+                raise
+            batch_size //= 2
+            torch.cuda.empty_cache()
+            _say(f"heldout: out of GPU memory; again with batches of {batch_size} rows (the metric does not change)")
+    if not math.isfinite(bpb):
+        raise _HeldoutError(f"heldout_bpb of {checkpoint} is {bpb}")
+    val_bpb = config.get("val_bpb")
+    _say(
+        f"heldout: {prepared.eval_tokens:,} tokens of {prepared.dataset} (fingerprint {prepared.fingerprint}) in "
+        f"{time.time() - t_eval:.1f}s, {time.time() - t0:.1f}s in all; checkpoint {checkpoint}"
+        + (f", val_bpb {val_bpb:.6f}" if isinstance(val_bpb, int | float) else "")
+    )
+    _say(f"METRIC heldout_bpb={bpb:.10g}")
+    _report("heldout_bpb", bpb)
     return bpb
 
 
