@@ -46,6 +46,7 @@ class Target:
     prepare: str | None = None
     source_dir: Path | None = None  # where the files are copied from (None: already in the workspace)
     settings: dict[str, Any] = field(default_factory=dict)  # [session] keys the target sets (integrity, held-out)
+    cpu_settings: dict[str, Any] = field(default_factory=dict)  # [session_cpu]: over [session] without CUDA
 
 
 def available_targets() -> list[str]:
@@ -59,9 +60,10 @@ def load_target(name: str) -> Target:
         raise InitError(f"unknown target {name!r} (available: {known})")
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     t, m = data["target"], data["metric"]
-    unknown = sorted(set(data.get("session", {})) - {f.name for f in fields(Config)})
-    if unknown:
-        raise InitError(f"{path}: unknown [session] key(s): {', '.join(unknown)}")
+    for table in ("session", "session_cpu"):
+        unknown = sorted(set(data.get(table, {})) - {f.name for f in fields(Config)})
+        if unknown:
+            raise InitError(f"{path}: unknown [{table}] key(s): {', '.join(unknown)}")
     return Target(
         name=t["name"],
         description=t.get("description", ""),
@@ -74,6 +76,7 @@ def load_target(name: str) -> Target:
         prepare=t.get("prepare"),
         source_dir=path.parent,
         settings=dict(data.get("session", {})),
+        cpu_settings=dict(data.get("session_cpu", {})),
     )
 
 
@@ -155,7 +158,9 @@ def init_workspace(
 
     # Render and validate everything before touching git, so a bad flag or template fails
     # with nothing half-done.
-    cpu_budget = target.cpu_time_budget_s is not None and budget_s is None and not cuda_available()
+    # Only targets with CPU-specific settings pay for importing torch to look for CUDA.
+    on_cpu = (target.cpu_time_budget_s is not None or bool(target.cpu_settings)) and not cuda_available()
+    cpu_budget = on_cpu and target.cpu_time_budget_s is not None and budget_s is None
     budget = budget_s or (target.cpu_time_budget_s if cpu_budget else target.time_budget_s) or 300.0
     prepare = target.prepare.replace("{dataset}", dataset or "local") if target.prepare else None
     # Precedence: the harness's defaults < the target's [session] settings < flags given to init.
@@ -170,6 +175,7 @@ def init_workspace(
             "agent": agent,
             "revert": revert,
             **target.settings,
+            **(target.cpu_settings if on_cpu else {}),
             "time_budget_s": float(budget),
             "checks_command": "bash autoresearch.checks.sh" if checks else None,
             "prepare_command": prepare,

@@ -178,3 +178,16 @@ def test_help_explains_every_command() -> None:
     for cmd in ("init", "run", "experiment", "resume", "status", "log"):
         proc = cli_proc(Path("."), cmd, "--help")
         assert proc.returncode == 0 and "-C DIR" in proc.stdout, cmd
+
+
+def test_pretrain_init_carries_the_targets_session_settings(tmp_path: Path) -> None:
+    # CI has no CUDA: the [session_cpu] values apply over [session]; init's own flags win over both.
+    assert cli(tmp_path, "init", "ws", "--target", "pretrain", "--budget", "7", "--calibrate", "3") == 0
+    from harness import config as config_mod
+
+    cfg = config_mod.load(tmp_path / "ws")
+    assert cfg.metric_source == "result_file" and cfg.heldout_metric == "heldout_bpb"
+    assert (cfg.startup_allowance_s, cfg.eval_allowance_s) == (30, 60)
+    assert cfg.time_budget_s == 7 and cfg.calibrate == 3
+    assert cfg.prepare_command == "python prepare.py --dataset local"
+    assert set(cfg.fixed_hashes) == {"prepare.py", "autoresearch.sh"}
