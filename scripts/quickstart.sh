@@ -2,13 +2,13 @@
 # The main job on the offline default: install, create a pretrain workspace on the local
 # corpus (no network), and let the offline `mutate` agent run a few experiments.
 #
-#   bash scripts/quickstart.sh                       # workspace in ./runs/quickstart, 5 experiments
+#   bash scripts/quickstart.sh                       # workspace in ~/autoresearch-runs/quickstart, 5 experiments
 #   DIR=~/runs/night1 ITERATIONS=100 bash scripts/quickstart.sh
 #
 # On a CPU the pretrain target uses a 60 s budget per experiment; on a GPU, 300 s.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-dir="${DIR:-$repo/runs/quickstart}"
+dir="${DIR:-$HOME/autoresearch-runs/quickstart}"  # outside this repo: a workspace is its own git repo
 iterations="${ITERATIONS:-5}"
 bash "$repo/scripts/setup.sh"
 export PATH="$repo/.venv/bin:$PATH"
