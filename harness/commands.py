@@ -20,7 +20,7 @@ from harness.agents.base import AgentError, Proposal
 from harness.config import Config, ConfigError, MetricSpec
 from harness.loop import Controller, ControllerError, StopRules, WorkspaceLock, format_result, parse_until
 from harness.session import InitError, Target, init_workspace, load_target
-from harness.stats import mad_confidence
+from harness.stats import is_better, mad_confidence
 from harness.workspace import Workspace, WorkspaceError, short
 
 
@@ -338,10 +338,8 @@ def cmd_log_experiment(args: argparse.Namespace) -> int:
         values = [r.value for r in seg.runs if r.value is not None] + [args.metric]
         baseline = seg.baseline if seg.baseline is not None else args.metric
         best = seg.best
-        if args.status == "keep":
-            best = args.metric if best is None else best
-            better = (args.metric < best) if seg.direction == "lower" else (args.metric > best)
-            best = args.metric if better else best
+        if args.status == "keep" and is_better(args.metric, best, seg.direction):
+            best = args.metric
         confidence = mad_confidence(values, baseline, best)
     rec = {
         "run": args.run if args.run is not None else state.next_run,

@@ -32,13 +32,14 @@ from typing import Any
 
 import orjson
 
-from harness import integrity, ledger
+from harness import gate, integrity, ledger
 from harness.agents.base import Agent, AgentError, PastRun, Proposal, ProposalContext
 from harness.config import Config
 from harness.decision import Decision, Status, decide
+from harness.gate import Sample
 from harness.metrics import parse_metrics
 from harness.runner import RunResult, run_command
-from harness.stats import gain, gate_threshold, mad_confidence, mad_sigma, median, pooled_sd, z_score
+from harness.stats import mad_confidence
 from harness.workspace import Workspace, sha256_file, short
 
 NOTES_FILES = ("autoresearch.md", "autoresearch.ideas.md")  # session notes: committed, never reverted
@@ -167,25 +168,6 @@ class Interrupts:
 
 
 # ------------------------------------------------------------------- controller
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One run of an experiment (one seed) and what it produced."""
-
-    seed: int
-    res: RunResult
-    metrics: dict[str, float]
-    failure: str | None  # crash reason
-    checks_failure: str | None
-    notes: dict[str, Any]  # integrity notes for the ASI
-
-    def value(self, metric: str) -> float | None:
-        return None if self.failure or self.checks_failure else self.metrics.get(metric)
-
-    def as_dict(self, metric: str) -> dict[str, Any]:
-        return {"seed": self.seed, "metric": self.metrics.get(metric), "wall_s": round(self.res.wall_s, 3),
-                "exit_code": self.res.exit_code, "log": self.res.log_path.name}
 
 
 @dataclass(frozen=True)
@@ -648,72 +630,23 @@ class Controller:
         return Sample(seed, res, metrics, failure, checks_failure, notes)
 
     def _calibrate(self, run: int, first: Sample) -> tuple[list[Sample], Decision]:
-        """Run the baseline `calibrate` times in all (seeds differ) and log the noise floor."""
-        samples = [first]
-        for i in range(1, self.cfg.calibrate):
-            self.say(f"       calibrating the noise floor: baseline run {i + 1} of {self.cfg.calibrate}")
-            x = self._sample(run, i)
-            samples.append(x)
-            if x.failure or x.checks_failure or x.value(self.cfg.metric.name) is None:
-                why = x.failure or x.checks_failure or f"no {self.cfg.metric.name}"
-                return samples, Decision("crash", f"calibration run {i + 1} (seed {x.seed}) failed: {why}")
-        values = [v for v in (x.value(self.cfg.metric.name) for x in samples) if v is not None]
-        sigma = mad_sigma(values)
-        ledger.append(self.ledger_path, {
-            "type": "calibration", "run": None, "baseline_run": run, "n": len(values),
-            "seeds": [x.seed for x in samples], "values": values, "median": median(values),
-            "sigma": sigma, "method": "1.4826 * MAD (robust sigma)", "timestamp": int(self.clock()),
-        })
-        return samples, Decision("keep", f"baseline, mean of {len(values)} seeds; noise sigma {sigma:.3g}")
+        """Run the baseline `calibrate` times in all and log the noise floor as a calibration entry."""
+        samples, decision, entry = gate.calibrate(
+            first, lambda i: self._sample(run, i), runs=self.cfg.calibrate, metric=self.cfg.metric.name, say=self.say
+        )
+        if entry is not None:
+            ledger.append(self.ledger_path, {**entry, "baseline_run": run, "timestamp": int(self.clock())})
+        return samples, decision
 
     def _confirm(self, run: int, first: Sample, decision: Decision, seg: ledger.Segment,
                  best_run: ledger.RunRecord) -> tuple[list[Sample], Decision, dict[str, Any]]:
-        """The noise gate. A candidate that beat the best on its first run is kept only when the mean
-        of its runs beats the best by `min_effect_sigma` standard errors of the difference; it gets a
-        second run always (one lucky sample is exactly what the winner's curse keeps) and up to
-        `confirm` re-runs in all, with other seeds, stopping as soon as the verdict is clear."""
-        name, k, m = self.cfg.metric.name, self.cfg.min_effect_sigma, best_run.n_samples
-        best = best_run.value
-        assert best is not None and seg.calibration is not None
-        samples = [first]
-        # Every replicated measurement of the segment informs the noise estimate: the calibration
-        # and the repeat runs of earlier candidates. MAD from a handful of calibration runs alone
-        # can be several times too small, and an underestimate lets noise through.
-        groups = [list(seg.calibration.raw.get("values") or [])] + [
-            [x["metric"] for x in (r.raw.get("samples") or []) if isinstance(x.get("metric"), int | float)]
-            for r in seg.runs if r.raw.get("samples") and not r.raw.get("baseline")
-        ]
-
-        def evidence(vals: list[float]) -> dict[str, Any]:
-            pooled, df = pooled_sd([*groups, vals])
-            sigma = max(seg.calibration.sigma, pooled)  # type: ignore[union-attr]  # never underrate the noise
-            n, mean = len(vals), statistics.fmean(vals)
-            g = gain(mean, best, self.cfg.metric.direction)
-            return {"n": n, "mean": mean, "best": best, "best_n": m, "sigma": sigma, "gain": g,
-                    "sigma_calibration": seg.calibration.sigma, "sigma_pooled": pooled, "sigma_df": df,  # type: ignore[union-attr]
-                    "threshold": gate_threshold(sigma, n, m, k) if sigma > 0 else 0.0, "min_effect_sigma": k,
-                    "z": z_score(g, sigma, n, m)}
-
-        ev = evidence([first.value(name) or 0.0])
-        if ev["sigma"] == 0:
-            return samples, decision, ev  # no noise measured: deterministic runs, one sample is the truth
-        for i in range(1, self.cfg.confirm + 1):
-            self.say(f"       gain {ev['gain']:.4g} over {ev['n']} run(s) (threshold {ev['threshold']:.4g}): "
-                     f"confirming with seed {self.cfg.seed + i}")
-            x = self._sample(run, i)
-            samples.append(x)
-            if x.failure or x.checks_failure or x.value(name) is None:
-                return samples, Decision("discard", f"not confirmed: confirmation run {i + 1} failed "
-                                                    f"({x.failure or x.checks_failure or 'no metric'})"), ev
-            ev = evidence([v for v in (s.value(name) for s in samples) if v is not None])
-            if ev["gain"] >= ev["threshold"]:
-                return samples, Decision("keep", f"confirmed over {ev['n']} runs: mean gain {ev['gain']:.4g} >= "
-                                                 f"threshold {ev['threshold']:.4g} (z={ev['z']:.2f})", ev["gain"]), ev
-            if ev["gain"] <= self.cfg.tolerance or i >= self.cfg.confirm:
-                break  # no better than the best any more, or out of re-runs
-        return samples, Decision("discard", f"not confirmed: mean gain {ev['gain']:.4g} over {ev['n']} run(s) is under "
-                                            f"the noise threshold {ev['threshold']:.4g} ({k:g} standard errors, sigma "
-                                            f"{ev['sigma']:.3g})", ev["gain"]), ev
+        assert seg.calibration is not None and best_run.value is not None
+        rules = gate.GateRules(self.cfg.min_effect_sigma, self.cfg.confirm, self.cfg.tolerance, self.cfg.metric.direction)
+        return gate.confirm(
+            first, decision, lambda i: self._sample(run, i), rules=rules, metric=self.cfg.metric.name,
+            best=best_run.value, best_n=best_run.n_samples, calibration=seg.calibration,
+            replicates=gate.replicate_groups(seg), first_seed=self.cfg.seed, say=self.say,
+        )
 
     def _heldout(self, run: int) -> dict[str, Any]:
         """Evaluate the held-out metric of a kept run from its checkpoint; never used to decide."""
