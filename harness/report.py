@@ -160,7 +160,8 @@ def draw_chart(state: LedgerState, title: str) -> Any:
         "left": 0.06, "right": 0.985, "top": 1 - top_in / height, "bottom": bottom_in / height,
         "hspace": gap_in / panel_h})[:, 0]
     n_runs = sum(len(s.runs) for s in segs)
-    fig.suptitle(f"{title}: {n_runs} experiments, {kept_improvements(state)} kept improvements",
+    k = kept_improvements(state)
+    fig.suptitle(f"{title}: {n_runs} experiment{'s' if n_runs != 1 else ''}, {k} kept improvement{'s' if k != 1 else ''}",
                  fontsize=15, fontweight="bold", x=0.06, ha="left", y=1 - 0.18 / height, parse_math=False)
     renderer = fig.canvas.get_renderer()
     for ax, seg in zip(axes, segs, strict=True):
@@ -411,7 +412,7 @@ def summary_html(state: LedgerState) -> str:
          f"{band_text}; noise floor (MAD) {_fmt(noise, 3)}"),
         ("runs", str(len(seg.runs)),
          f"{c['keep']} kept · {c['discard']} discarded · {c['crash']} crashed · {c['checks_failed']} checks_failed"),
-        ("keep rate", f"{100 * kept_imp / max(len(seg.runs) - 1, 1):.0f}%", f"{kept_imp} kept improvements"),
+        ("keep rate", f"{100 * kept_imp / max(len(seg.runs) - 1, 1):.0f}%", f"{kept_imp} kept improvement{'s' if kept_imp != 1 else ''}"),
         ("time", _duration(total_s) if total_s else "-",
          f"{_when(min(stamps))} → {_when(max(stamps))}" if stamps else ""),
     ]
