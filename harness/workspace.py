@@ -156,9 +156,6 @@ class Workspace:
         except git.GitCommandError:
             return None
 
-    def diff_stats(self, a: str, b: str) -> DiffStats:
-        return _numstat(self.repo.git.diff("--numstat", a, b))
-
     def working_diff(self) -> tuple[str, DiffStats]:
         """Diff of the whole work tree (untracked files included) against HEAD.
 
