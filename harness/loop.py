@@ -785,9 +785,9 @@ class Controller:
         bad = self.check_fixed()
         if bad:
             return "the run changed fixed files: " + "; ".join(bad)
-        tracked_changes = [p for p in self.ws.changed_paths() if (self.root / p).exists() and self.ws.file_at("HEAD", p) is not None]
-        if tracked_changes:
-            return f"the run modified tracked files: {tracked_changes}"
+        tracked_changes = [p for p in self.ws.changed_paths() if self.ws.file_at("HEAD", p) is not None]
+        if tracked_changes:  # modified or deleted: anything HEAD has
+            return f"the run modified or deleted tracked files: {tracked_changes}"
         return None
 
     def _checks(self, run: int) -> str | None:

@@ -420,3 +420,17 @@ def test_inspection_outputs_do_not_trip_the_scope_check(tmp_path: Path) -> None:
     set_constant(root, "LR", "0.02")
     cli(root, "experiment", "-d", "LR 0.02", "--asi", '{"hypothesis": "h"}')
     assert runs(root)[-1].status == "keep"
+
+
+def test_run_deleting_a_tracked_file_is_checks_failed(tmp_path: Path) -> None:
+    root = make_toy(tmp_path / "ws")
+    cli(root, "experiment", "-d", "baseline")
+    (root / "notes.txt").write_text("tracked\n")
+    git(root, "add", "notes.txt")
+    git(root, "commit", "-qm", "a tracked file")
+    (root / "train.py").write_text(TRAIN.replace("0.01", "0.02") + "import os\nos.remove('notes.txt')\n")
+    cli(root, "experiment", "-d", "deletes a file", "--asi", '{"hypothesis": "h"}')
+    r = runs(root)[-1]
+    assert r.status == "checks_failed" and "notes.txt" in r.asi["rollback_reason"]
+    assert (root / "notes.txt").read_text() == "tracked\n"  # restored; the run's deletion went to a stash
+    assert git(root, "status", "--porcelain") == ""
