@@ -9,7 +9,6 @@ Run: /work/main/.venv/bin/python -m pytest tests/test_claude.py -q
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 from pathlib import Path
@@ -210,6 +209,35 @@ def test_long_rate_limits_are_waited_out_not_counted_as_retries(fake, ws) -> Non
     agent, slept = agent_for(fake)
     agent.propose(ctx_for(ws))
     assert slept == [float(w) for w in waits]
+
+
+@pytest.mark.parametrize("status,kind", [(429, "rate_limit_error"), (529, "overloaded_error")])
+def test_retry_after_ms_is_obeyed_to_the_millisecond_before_retry_after(fake, ws, status, kind) -> None:
+    # retry-after-ms wins over the coarser retry-after, and neither uses the 4-5 s first backoff
+    fake.push(error(status, kind, "slow down", {"retry-after-ms": "1200", "retry-after": "2"}),
+              error(status, kind, "slow down", {"retry-after-ms": "1200"}),
+              message(edit_lr(), submit()))
+    agent, slept = agent_for(fake)
+    p = agent.propose(ctx_for(ws))
+    assert slept == [pytest.approx(1.2), pytest.approx(1.2)]
+    assert p.usage["retries"] == 2 and len(fake.requests) == 3
+
+
+def test_x_should_retry_false_stops_a_retryable_status_at_once(fake, ws) -> None:
+    fake.push(error(529, "overloaded_error", "Overloaded", {"x-should-retry": "false"}),
+              message(edit_lr(), submit()))
+    agent, slept = agent_for(fake)
+    with pytest.raises(ProposalFailed, match="529"):
+        agent.propose(ctx_for(ws))
+    assert slept == [] and len(fake.requests) == 1
+
+
+def test_x_should_retry_true_retries_a_status_not_retried_by_default(fake, ws) -> None:
+    fake.push(error(400, "invalid_request_error", "try again", {"x-should-retry": "true", "retry-after-ms": "600"}),
+              message(edit_lr(), submit()))
+    agent, slept = agent_for(fake)
+    p = agent.propose(ctx_for(ws))
+    assert slept == [pytest.approx(0.6)] and len(fake.requests) == 2 and p.description == "LR 0.03"
 
 
 def test_a_wait_past_max_wait_fails_cleanly_without_sleeping(fake, ws) -> None:
@@ -455,22 +483,9 @@ def test_cost_estimates() -> None:
 # ------------------------------------------------------------------- end to end
 
 
-def _claude_is_wired() -> bool:
-    from harness.agents import make_agent
-
-    env = os.environ.pop("ANTHROPIC_API_KEY", None)
-    try:
-        make_agent("claude")
-    except AgentError as exc:
-        return "unknown agent" not in str(exc)
-    finally:
-        if env is not None:
-            os.environ["ANTHROPIC_API_KEY"] = env
-    return True
-
-
-@pytest.mark.skipif(not _claude_is_wired(), reason="make_agent does not know 'claude' yet (the lead wires it)")
 def test_cli_run_with_the_claude_agent(fake, tmp_path, monkeypatch) -> None:
+    # The only end-to-end test of the claude agent: never skipped. `anthropic` is a hard
+    # dependency and make_agent knows "claude", so a missing precondition is a failure here.
     root = make_toy(tmp_path / "ws")
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)

@@ -372,9 +372,9 @@ class WorkspaceTools:
             window = "\n".join(lines[s:e])[:READ_MAX_CHARS]
             return self.scrub(f"{rel}: lines {s + 1}-{e} of {len(lines)}\n{window}")
         if len(text) > READ_MAX_CHARS:
-            head, tail = text[: READ_MAX_CHARS // 3], text[-2 * READ_MAX_CHARS // 3 :]
-            text = (f"{head}\n[... {len(text) - len(head) - len(tail)} characters cut; {len(lines)} lines in all; "
-                    f"pass start_line/max_lines to see them ...]\n{tail}")
+            first, last = text[: READ_MAX_CHARS // 3], text[-2 * READ_MAX_CHARS // 3 :]
+            text = (f"{first}\n[... {len(text) - len(first) - len(last)} characters cut; {len(lines)} lines in all; "
+                    f"pass start_line/max_lines to see them ...]\n{last}")
         return self.scrub(text)
 
     def edit_file(self, inp: Any) -> str:
@@ -601,15 +601,16 @@ class ClaudeAgent:
                 usage: Usage) -> Any:
         """One Messages API call with this module's retry policy (see the module docstring)."""
         anthropic = self._anthropic
+        # Plain JSON-shaped dicts, not the SDK's TypedDicts: the request is what context.py builds.
+        request: dict[str, Any] = {"model": self.model, "max_tokens": MAX_TOKENS, "system": system,
+                                   "messages": messages, "tools": tools}
         backoffs = 0
         attempts = 0
         while True:
             usage.requests += 1
             attempts += 1
             try:
-                return self.client.messages.create(
-                    model=self.model, max_tokens=MAX_TOKENS, system=system, messages=messages, tools=tools,
-                )
+                return self.client.messages.create(**request)
             except anthropic.APIStatusError as exc:
                 status = exc.status_code
                 kind = getattr(exc, "type", None) or _error_type(exc.body) or "error"
