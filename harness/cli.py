@@ -1,16 +1,23 @@
-"""Command-line interface: argument parsing and thin dispatch, nothing else.
+"""Command-line interface: the table of commands, argument parsing, and dispatch.
 
-Every command takes `-C DIR` (like git) to act on a workspace other than the current
-directory. User mistakes end with one line on stderr and a non-zero exit, never a traceback.
+`COMMANDS` is the one registry: each command's help, its flags, and its handler, named as
+`module:function` and imported only when that command runs, so `--help` never pays for git,
+rich or torch. Handlers live in harness.commands (the session) and harness.inspect_cli (reading
+a session). Every command takes `-C DIR` (like git) to act on a workspace other than the
+current directory. User mistakes end with one line on stderr and exit 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import __version__
+from harness.cli_common import UserError
 
 EPILOG = """\
 typical session:
@@ -23,6 +30,16 @@ external agent (Claude Code, Codex): edit the editable files, then
   autoresearch experiment -d "raise LR to 0.05" --asi '{"hypothesis": "..."}'
 """
 
+STATUSES = ["keep", "discard", "crash", "checks_failed"]
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str  # one line in `autoresearch --help`
+    add_arguments: Callable[[argparse.ArgumentParser], None]  # the flags after -C DIR
+    handler: str  # "module:function" in harness: parsed args -> exit code; the module's USER_ERRORS print as one line
+    description: str | None = None  # the paragraph of `autoresearch COMMAND --help`
+
 
 def _add_dir(p: argparse.ArgumentParser, *, top: bool = False) -> None:
     p.add_argument(
@@ -32,7 +49,7 @@ def _add_dir(p: argparse.ArgumentParser, *, top: bool = False) -> None:
     )
 
 
-def _add_noise_flags(p: argparse.ArgumentParser) -> None:
+def _noise_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("noise-aware keeps (README: Noise-aware keeps)")
     g.add_argument("--calibrate", type=int, metavar="R",
                    help="run each segment's baseline R >= 2 times with different seeds to measure the noise floor")
@@ -42,22 +59,10 @@ def _add_noise_flags(p: argparse.ArgumentParser) -> None:
                    help="a mean gain must exceed K standard errors of the difference to be kept (default 1.5)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="autoresearch",
-        description="Let an agent run ML experiments overnight: edit, commit, train under a fixed budget, "
-        "keep or revert, and log every result to autoresearch.jsonl.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"autoresearch {__version__}")
-    _add_dir(parser, top=True)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+# ------------------------------------------------------------ session commands
 
-    p = sub.add_parser("init", help="create or adopt a workspace for a target",
-                       description="Create (or adopt) a git workspace: copy the target's files, render the session "
-                       "files, write autoresearch.toml, commit, and create branch autoresearch/<tag>.")
-    _add_dir(p)
+
+def _init(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", type=Path, nargs="?", default=None, help="workspace directory (default: -C DIR or .)")
     p.add_argument("--target", help="a built-in target (e.g. pretrain); omit for a custom target described by flags")
     p.add_argument("--command", dest="run_command", help="custom target: the command that runs one experiment")
@@ -76,12 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how non-keeps are undone: git revert (default, keeps history) or reset (karpathy style)")
     p.add_argument("--dataset", help="pretrain: local (offline default), climbmix, an owner/name hub repo, or a DIR")
     p.add_argument("--name", help="a title for the session")
-    _add_noise_flags(p)
+    _noise_flags(p)
 
-    p = sub.add_parser("run", help="run the experiment loop",
-                       description="Recover from any interruption, then loop: propose, commit, run, decide, log, "
-                       "revert what is not kept. First Ctrl-C finishes the current experiment; a second aborts it.")
-    _add_dir(p)
+
+def _run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent", choices=["auto", "mutate", "claude"],
                    help="who proposes experiments: claude (Anthropic API, needs ANTHROPIC_API_KEY), mutate (offline), "
                    "auto = claude when ANTHROPIC_API_KEY is set, else mutate (default: autoresearch.toml)")
@@ -95,47 +98,151 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failure-streak", type=int, metavar="N",
                    help="stop after N experiments in a row that were not kept (default 20)")
     p.add_argument("--discard", choices=["revert", "reset"], help="override how non-keeps are undone")
-    _add_noise_flags(p)
+    _noise_flags(p)
 
-    p = sub.add_parser("experiment", help="evaluate the edits in the tree once (external agent mode)",
-                       description="Validate, commit, run, decide and log the uncommitted edits, then revert them "
-                       "unless kept. With a clean tree and no baseline yet, runs the baseline.")
-    _add_dir(p)
+
+def _experiment(p: argparse.ArgumentParser) -> None:
     p.add_argument("-d", "--description", required=True, help="what this experiment changes, in a few words")
     p.add_argument("--asi", default="{}", help='JSON object of side information, e.g. \'{"hypothesis": "..."}\'')
     p.add_argument("--json", action="store_true", help="print the ledger line as JSON")
 
-    p = sub.add_parser("resume", help="recover after a crash, kill or context reset, and show where things stand",
-                       description="Logs an interrupted run as a crash and reverts it, reverts a logged non-keep left "
-                       "at HEAD, stashes (never deletes) uncommitted edits, sets a torn ledger line aside.")
-    _add_dir(p)
 
-    p = sub.add_parser("status", help="summary of the session")
-    _add_dir(p)
+def _no_flags(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _status(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("log", help="the ledger as a table")
-    _add_dir(p)
+
+def _log(p: argparse.ArgumentParser) -> None:
     p.add_argument("--last", type=int, metavar="N", help="only the last N runs")
-    p.add_argument("--status", choices=["keep", "discard", "crash", "checks_failed"])
+    p.add_argument("--status", choices=STATUSES)
     p.add_argument("--segment", type=int, metavar="N")
     p.add_argument("--json", action="store_true", help="the fold's records as a JSON array")
 
-    p = sub.add_parser("log-experiment", help="append one run line by hand (seed-compatible; used by scripts/)")
-    _add_dir(p)
+
+def _log_experiment(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", type=int)
     p.add_argument("--commit")
     p.add_argument("--metric", type=float, required=True)
-    p.add_argument("--status", choices=["keep", "discard", "crash", "checks_failed"], required=True)
+    p.add_argument("--status", choices=STATUSES, required=True)
     p.add_argument("--description", required=True)
     p.add_argument("--metrics", default="{}")
     p.add_argument("--segment", type=int)
     p.add_argument("--confidence", type=float)
     p.add_argument("--asi", default="{}")
 
-    from harness import inspect_cli
 
-    inspect_cli.add_parsers(sub, _add_dir)
+# ---------------------------------------------------- inspecting a session
+# Relative paths given to -o / --tsv are relative to -C DIR (as if started there, like git);
+# outputs default to the workspace.
+
+
+def _plot(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", metavar="FILE", help="where to write it: .png, .svg or .pdf "
+                   "(default: progress.png in the workspace)")
+
+
+def _report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", metavar="FILE", help="default: report.html in the workspace")
+
+
+def _dashboard(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 picks a free one)")
+
+
+def _export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tsv", action="store_true", required=True, help="the format (the only one so far)")
+    p.add_argument("-o", "--output", metavar="FILE", help="default: results.tsv in the workspace; - for stdout")
+    p.add_argument("--metric-column", metavar="NAME",
+                   help="header of the metric column (default val_bpb, which analysis.ipynb reads)")
+    p.add_argument("--segment", metavar="N|all", help="which segment (default: the current one)")
+
+
+def _import(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tsv", required=True, metavar="FILE", help="the results.tsv to read")
+    p.add_argument("--direction", choices=["lower", "higher"], default="lower",
+                   help="which way the metric is better (default lower, as val_bpb)")
+    p.add_argument("--append", action="store_true",
+                   help="the ledger has runs: add these as a new segment instead of refusing")
+
+
+def _finalize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--base", metavar="REV", help="base commit (default: the parent of the session setup commit)")
+    p.add_argument("--force", action="store_true", help="move final branches that already exist")
+
+
+COMMANDS: dict[str, Command] = {
+    "init": Command(
+        "create or adopt a workspace for a target", _init, "commands:cmd_init",
+        "Create (or adopt) a git workspace: copy the target's files, render the session files, write "
+        "autoresearch.toml, commit, and create branch autoresearch/<tag>."),
+    "run": Command(
+        "run the experiment loop", _run, "commands:cmd_run",
+        "Recover from any interruption, then loop: propose, commit, run, decide, log, revert what is not kept. "
+        "First Ctrl-C finishes the current experiment; a second aborts it."),
+    "experiment": Command(
+        "evaluate the edits in the tree once (external agent mode)", _experiment, "commands:cmd_experiment",
+        "Validate, commit, run, decide and log the uncommitted edits, then revert them unless kept. With a clean "
+        "tree and no baseline yet, runs the baseline."),
+    "resume": Command(
+        "recover after a crash, kill or context reset, and show where things stand", _no_flags, "commands:cmd_resume",
+        "Logs an interrupted run as a crash and reverts it, reverts a logged non-keep left at HEAD, stashes (never "
+        "deletes) uncommitted edits, sets a torn ledger line aside."),
+    "status": Command("summary of the session", _status, "commands:cmd_status"),
+    "log": Command("the ledger as a table", _log, "commands:cmd_log"),
+    "log-experiment": Command(
+        "append one run line by hand (seed-compatible; used by scripts/)", _log_experiment,
+        "commands:cmd_log_experiment"),
+    "plot": Command(
+        "karpathy's progress chart of the session (progress.png)", _plot, "inspect_cli:cmd_plot",
+        "Discarded runs as faint dots, kept runs labelled with their description, the running best as a step "
+        "line, the baseline marked, crashes as x marks along the bottom; one panel per segment."),
+    "report": Command(
+        "one self-contained HTML report of the session (report.html)", _report, "inspect_cli:cmd_report",
+        "Summary, chart, a sortable and filterable table of every run with its ASI, and the diff of every kept "
+        "run, in one HTML file that loads nothing from the network."),
+    "dashboard": Command(
+        "serve the report on 127.0.0.1, updated live while a session runs", _dashboard, "inspect_cli:cmd_dashboard",
+        "A read-only web server on 127.0.0.1: the report page, which polls every 2 s and appends new ledger lines "
+        "without a reload. Ctrl-C stops it."),
+    "export": Command(
+        "write karpathy's results.tsv (for his analysis notebook)", _export, "inspect_cli:cmd_export",
+        "Columns commit, val_bpb, memory_gb, status, description. memory_gb is peak_vram_mb/1024, or "
+        "peak_rss_mb/1024 when the run measured no VRAM (CPU runs), 0.0 without either. Runs without a result "
+        "are crash rows (0.000000, 0.0); checks_failed rows say so in their description. The session's primary "
+        "metric goes in the val_bpb column whatever its name (a warning says so; --metric-column names the "
+        "column)."),
+    "import": Command(
+        "turn karpathy's results.tsv into a ledger", _import, "inspect_cli:cmd_import",
+        "Rows become run lines (row 1 is the kept baseline), with the TSV's commits, timestamps synthesized 5 "
+        "minutes apart, and asi.imported_from set."),
+    "finalize": Command(
+        "turn the session branch into clean review branches, one per change", _finalize, "inspect_cli:cmd_finalize",
+        "Groups the kept experiments by the files they touch (groups never share a file) and creates one branch "
+        "per group from the session's base, each with a single commit whose message carries the metric change. "
+        "Checks that the groups together reproduce the session's final files. Never touches the session branch "
+        "or the tree."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoresearch",
+        description="Let an agent run ML experiments overnight: edit, commit, train under a fixed budget, "
+        "keep or revert, and log every result to autoresearch.jsonl.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"autoresearch {__version__}")
+    _add_dir(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.description)
+        _add_dir(p)
+        cmd.add_arguments(p)
     return parser
 
 
@@ -145,11 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
-    from harness import commands  # imported late: --help stays instant
-
+    module_name, _, function = COMMANDS[args.command].handler.partition(":")
+    module = importlib.import_module(f"harness.{module_name}")  # here, not at the top: --help stays instant
+    user_errors = (UserError, *module.USER_ERRORS)
     try:
-        return commands.dispatch(args)
-    except commands.UserError as exc:
+        return getattr(module, function)(args)
+    except user_errors as exc:
         print(f"autoresearch: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

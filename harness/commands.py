@@ -1,6 +1,8 @@
-"""The CLI's commands: each takes parsed arguments, talks to the user, returns an exit code.
+"""The session commands: init, run, experiment, resume, status, log, log-experiment.
 
-All user-facing failures become `UserError` with a one-line message; cli.main prints it.
+Each takes parsed arguments (flags: harness.cli), talks to the user, returns an exit code.
+User mistakes raise `UserError`; the errors in `USER_ERRORS` carry messages written for the
+user too. cli.main prints either as one line.
 """
 
 from __future__ import annotations
@@ -17,57 +19,14 @@ from harness import config as config_mod
 from harness import ledger, views
 from harness.agents import make_agent
 from harness.agents.base import AgentError, Proposal
+from harness.cli_common import UserError, json_object, load_config, workspace_root
 from harness.config import Config, ConfigError, MetricSpec
 from harness.loop import Controller, ControllerError, StopRules, WorkspaceLock, format_result, parse_until
 from harness.session import InitError, Target, init_workspace, load_target
 from harness.stats import is_better, mad_confidence
 from harness.workspace import Workspace, WorkspaceError, short
 
-
-class UserError(Exception):
-    pass
-
-
-def _root(args: argparse.Namespace) -> Path:
-    root = Path(getattr(args, "directory", Path("."))).expanduser()
-    if not root.is_dir():
-        raise UserError(f"{root} is not a directory")
-    return root.resolve()
-
-
-def _config(root: Path) -> Config:
-    try:
-        return config_mod.load(root)
-    except ConfigError as exc:
-        raise UserError(str(exc)) from None
-
-
-def _json_obj(text: str, flag: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{flag} must be a JSON object: {exc}") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{flag} must be a JSON object, not {type(obj).__name__}")
-    return obj
-
-
-def dispatch(args: argparse.Namespace) -> int:
-    from harness.inspect_cli import HANDLERS
-
-    handler = HANDLERS.get(args.command) or {
-        "init": cmd_init,
-        "run": cmd_run,
-        "experiment": cmd_experiment,
-        "resume": cmd_resume,
-        "status": cmd_status,
-        "log": cmd_log,
-        "log-experiment": cmd_log_experiment,
-    }[args.command]
-    try:
-        return handler(args)
-    except (ConfigError, InitError, ControllerError, WorkspaceError, AgentError) as exc:
-        raise UserError(str(exc)) from None
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, InitError, ControllerError, WorkspaceError, AgentError)
 
 
 # ------------------------------------------------------------------------ init
@@ -127,9 +86,9 @@ def _print_recovery(found: list[str]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    root = _root(args)
-    cfg = config_mod.with_overrides(_config(root), revert=args.discard, model=args.model, learn_every=args.learn_every,
-                                    **_noise_overrides(args))
+    root = workspace_root(args)
+    cfg = config_mod.with_overrides(load_config(root), revert=args.discard, model=args.model,
+                                    learn_every=args.learn_every, **_noise_overrides(args))
     config_mod.validate(cfg, "the command line")
     seg = ledger.load_state(ledger.ledger_path(root)).current
     if args.calibrate and seg is not None and seg.baseline_run is not None:
@@ -184,9 +143,9 @@ def _short_status(root: Path, cfg: Config) -> None:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    root = _root(args)
-    cfg = _config(root)
-    asi = _json_obj(args.asi, "--asi")
+    root = workspace_root(args)
+    cfg = load_config(root)
+    asi = json_object(args.asi, "--asi")
     if not args.description.strip():
         raise UserError("--description must not be empty")
     ctl = Controller(root, cfg)
@@ -221,8 +180,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    root = _root(args)
-    cfg = _config(root)
+    root = workspace_root(args)
+    cfg = load_config(root)
     ctl = Controller(root, cfg)
     with WorkspaceLock(ctl.state_dir):
         found = ctl.recover()
@@ -287,8 +246,8 @@ def _status_data(root: Path, cfg: Config) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    root = _root(args)
-    d = _status_data(root, _config(root))
+    root = workspace_root(args)
+    d = _status_data(root, load_config(root))
     if args.json:
         print(json.dumps(d, indent=2))
     else:
@@ -297,7 +256,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    root = _root(args)
+    root = workspace_root(args)
     lpath = ledger.ledger_path(root)
     if not lpath.exists():
         raise UserError(f"no ledger in {root} (expected {ledger.LEDGER_NAME} or .auto/log.jsonl)")
@@ -319,11 +278,11 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 def cmd_log_experiment(args: argparse.Namespace) -> int:
     """The seed's log-experiment.sh: append one run line; fills run/commit/segment/confidence."""
-    root = _root(args)
+    root = workspace_root(args)
     lpath = ledger.ledger_path(root)
     state = ledger.load_state(lpath)
-    metrics = _json_obj(args.metrics, "--metrics")
-    asi = _json_obj(args.asi, "--asi")
+    metrics = json_object(args.metrics, "--metrics")
+    asi = json_object(args.asi, "--asi")
     if not math.isfinite(args.metric):
         raise UserError("--metric must be a finite number")
     commit = args.commit

@@ -176,8 +176,10 @@ def _handler(dash: Dashboard, hosts: set[str]) -> type[BaseHTTPRequestHandler]:
 
 
 def make_server(root: Path, port: int) -> tuple[ThreadingHTTPServer, str]:
-    """Bind 127.0.0.1:port (0 picks a free port). Returns the server and its URL."""
+    """Read the ledger once, then bind 127.0.0.1:port (0 picks a free port). Returns the server
+    and its URL. Raises OSError for an unreadable ledger (with its filename) or a port in use."""
     dash = Dashboard(root)
+    dash.live.refresh()
     hosts: set[str] = set()
     server = ThreadingHTTPServer(("127.0.0.1", port), _handler(dash, hosts))
     real = server.server_address[1]
@@ -185,14 +187,8 @@ def make_server(root: Path, port: int) -> tuple[ThreadingHTTPServer, str]:
     return server, f"http://127.0.0.1:{real}/"
 
 
-def serve(root: Path, port: int) -> int:
-    from harness.commands import UserError
-
-    try:
-        server, url = make_server(root, port)
-    except OSError as exc:
-        hint = "; pass --port N, or --port 0 for a free one" if port else ""
-        raise UserError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}{hint}") from None
+def serve(server: ThreadingHTTPServer, url: str) -> None:
+    """Serve until Ctrl-C, then close the socket."""
     print(f"dashboard: {url}  (read-only, updates every 2 s; Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever(poll_interval=0.5)
@@ -200,4 +196,3 @@ def serve(root: Path, port: int) -> int:
         print("\ndashboard stopped", file=sys.stderr)
     finally:
         server.server_close()
-    return 0

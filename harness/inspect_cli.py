@@ -1,9 +1,9 @@
-"""CLI wiring for the inspection commands (plot, report, dashboard, export, import, finalize).
+"""The inspection commands: plot, report, dashboard, export, import, finalize.
 
-`add_parsers(sub, add_dir)` registers the subcommands on cli.py's subparsers; `HANDLERS` maps
-a subcommand name to its function (parsed args -> exit code). User mistakes raise
-`UserError` from harness.commands. Relative paths given to -o / --tsv are relative to -C DIR
-(as if started there, like git); outputs default to the workspace.
+Each takes parsed arguments (flags: harness.cli) and returns an exit code. User mistakes raise
+`UserError`; the errors in `USER_ERRORS` carry messages written for the user too. Relative
+paths given to -o / --tsv are relative to -C DIR (as if started there, like git); outputs
+default to the workspace.
 """
 
 from __future__ import annotations
@@ -12,85 +12,15 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from harness import ledger
+from harness import dashboard, finalize, ledger, report
+from harness.cli_common import UserError, load_config, workspace_root
 
-HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {}
-
-
-def _handler(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[argparse.Namespace], int]]:
-    def register(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        HANDLERS[name] = fn
-        return fn
-
-    return register
-
-
-def add_parsers(sub: argparse._SubParsersAction, add_dir: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Register the inspection subcommands."""
-    p = sub.add_parser("plot", help="karpathy's progress chart of the session (progress.png)",
-                       description="Discarded runs as faint dots, kept runs labelled with their description, the "
-                       "running best as a step line, the baseline marked, crashes as x marks along the bottom; "
-                       "one panel per segment.")
-    add_dir(p)
-    p.add_argument("-o", "--output", metavar="FILE", help="where to write it: .png, .svg or .pdf "
-                   "(default: progress.png in the workspace)")
-
-    p = sub.add_parser("report", help="one self-contained HTML report of the session (report.html)",
-                       description="Summary, chart, a sortable and filterable table of every run with its ASI, and "
-                       "the diff of every kept run, in one HTML file that loads nothing from the network.")
-    add_dir(p)
-    p.add_argument("-o", "--output", metavar="FILE", help="default: report.html in the workspace")
-
-    p = sub.add_parser("dashboard", help="serve the report on 127.0.0.1, updated live while a session runs",
-                       description="A read-only web server on 127.0.0.1: the report page, which polls every 2 s "
-                       "and appends new ledger lines without a reload. Ctrl-C stops it.")
-    add_dir(p)
-    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 picks a free one)")
-
-    p = sub.add_parser("export", help="write karpathy's results.tsv (for his analysis notebook)",
-                       description="Columns commit, val_bpb, memory_gb, status, description. memory_gb is "
-                       "peak_vram_mb/1024, or peak_rss_mb/1024 when the run measured no VRAM (CPU runs), 0.0 "
-                       "without either. Runs without a result are crash rows (0.000000, 0.0); checks_failed "
-                       "rows say so in their description. The session's primary metric goes in the val_bpb "
-                       "column whatever its name (a warning says so; --metric-column names the column).")
-    add_dir(p)
-    p.add_argument("--tsv", action="store_true", required=True, help="the format (the only one so far)")
-    p.add_argument("-o", "--output", metavar="FILE", help="default: results.tsv in the workspace; - for stdout")
-    p.add_argument("--metric-column", metavar="NAME",
-                   help="header of the metric column (default val_bpb, which analysis.ipynb reads)")
-    p.add_argument("--segment", metavar="N|all", help="which segment (default: the current one)")
-
-    p = sub.add_parser("import", help="turn karpathy's results.tsv into a ledger",
-                       description="Rows become run lines (row 1 is the kept baseline), with the TSV's commits, "
-                       "timestamps synthesized 5 minutes apart, and asi.imported_from set.")
-    add_dir(p)
-    p.add_argument("--tsv", required=True, metavar="FILE", help="the results.tsv to read")
-    p.add_argument("--direction", choices=["lower", "higher"], default="lower",
-                   help="which way the metric is better (default lower, as val_bpb)")
-    p.add_argument("--append", action="store_true",
-                   help="the ledger has runs: add these as a new segment instead of refusing")
-
-    p = sub.add_parser("finalize", help="turn the session branch into clean review branches, one per change",
-                       description="Groups the kept experiments by the files they touch (groups never share a "
-                       "file) and creates one branch per group from the session's base, each with a single "
-                       "commit whose message carries the metric change. Checks that the groups together "
-                       "reproduce the session's final files. Never touches the session branch or the tree.")
-    add_dir(p)
-    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    p.add_argument("--base", metavar="REV", help="base commit (default: the parent of the session setup commit)")
-    p.add_argument("--force", action="store_true", help="move final branches that already exist")
+USER_ERRORS: tuple[type[Exception], ...] = (report.TSVError, finalize.FinalizeError)
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _common() -> tuple[type[Exception], Callable[[argparse.Namespace], Path]]:
-    from harness.commands import UserError, _root
-
-    return UserError, _root
 
 
 def _out_path(root: Path, given: str | None, default: str) -> Path:
@@ -99,7 +29,6 @@ def _out_path(root: Path, given: str | None, default: str) -> Path:
 
 
 def _write(path: Path, data: bytes) -> None:
-    UserError, _ = _common()
     try:
         path.write_bytes(data)
     except OSError as exc:
@@ -107,7 +36,6 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def load_ledger(root: Path, *, allow_empty: bool = False) -> ledger.LedgerState:
-    UserError, _ = _common()
     path = ledger.ledger_path(root)
     if not path.exists():
         raise UserError(f"no ledger in {root} (expected {ledger.LEDGER_NAME} or .auto/log.jsonl): start a session "
@@ -124,12 +52,8 @@ def load_ledger(root: Path, *, allow_empty: bool = False) -> ledger.LedgerState:
 # --------------------------------------------------------------------- commands
 
 
-@_handler("plot")
 def cmd_plot(args: argparse.Namespace) -> int:
-    from harness import report
-
-    UserError, _root = _common()
-    root = _root(args)
+    root = workspace_root(args)
     out = _out_path(root, args.output, "progress.png")
     fmt = out.suffix.lower().lstrip(".")
     if fmt not in ("png", "svg", "pdf"):
@@ -144,12 +68,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-@_handler("report")
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness import report
-
-    _, _root = _common()
-    root = _root(args)
+    root = workspace_root(args)
     out = _out_path(root, args.output, "report.html")
     state = load_ledger(root)
     t0 = time.perf_counter()
@@ -160,25 +80,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-@_handler("dashboard")
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from harness import dashboard
-
-    UserError, _root = _common()
-    root = _root(args)
+    root = workspace_root(args)
     if not (0 <= args.port <= 65535):
         raise UserError("--port must be between 0 and 65535")
     if not ledger.ledger_path(root).exists() and not (root / "autoresearch.toml").exists():
         raise UserError(f"no ledger in {root} and no autoresearch.toml: not a workspace (pass -C DIR)")
-    return dashboard.serve(root, args.port)
+    try:
+        server, url = dashboard.make_server(root, args.port)
+    except OSError as exc:
+        if exc.filename:  # the ledger, read once before listening
+            raise UserError(f"cannot read {exc.filename}: {exc.strerror or exc}") from None
+        hint = "; pass --port N, or --port 0 for a free one" if args.port else ""
+        raise UserError(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}{hint}") from None
+    dashboard.serve(server, url)
+    return 0
 
 
-@_handler("export")
 def cmd_export(args: argparse.Namespace) -> int:
-    from harness import report
-
-    UserError, _root = _common()
-    root = _root(args)
+    root = workspace_root(args)
     state = load_ledger(root)
     with_runs = [s for s in state.segments if s.runs]
     if args.segment in (None, "all"):
@@ -212,21 +132,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-@_handler("import")
 def cmd_import(args: argparse.Namespace) -> int:
-    from harness import report
-
-    UserError, _root = _common()
-    root = _root(args)
+    root = workspace_root(args)
     src = _out_path(root, args.tsv, "results.tsv")
     try:
         text = src.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {src}: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        metric, rows = report.parse_tsv(text, src.name)
-    except report.TSVError as exc:
-        raise UserError(str(exc)) from None
+    metric, rows = report.parse_tsv(text, src.name)
     lpath = ledger.ledger_path(root)
     state = ledger.load_state(lpath)
     if state.runs and not args.append:
@@ -244,16 +157,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-@_handler("finalize")
 def cmd_finalize(args: argparse.Namespace) -> int:
-    from harness.commands import _config
-
-    UserError, _root = _common()
-    root = _root(args)
-    cfg = _config(root)
-    from harness import finalize
+    root = workspace_root(args)
+    cfg = load_config(root)
     state = load_ledger(root)
-    try:
-        return finalize.run(root, cfg, state, base=args.base, dry_run=args.dry_run, force=args.force)
-    except finalize.FinalizeError as exc:
-        raise UserError(str(exc)) from None
+    return finalize.run(root, cfg, state, base=args.base, dry_run=args.dry_run, force=args.force)

@@ -5,14 +5,18 @@ Run: python -m pytest tests/test_cli.py -q
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from toy import cli, cli_proc, git, lines, make_toy, runs
+
+from harness import cli as cli_mod
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -178,6 +182,32 @@ def test_help_explains_every_command() -> None:
     for cmd in ("init", "run", "experiment", "resume", "status", "log"):
         proc = cli_proc(Path("."), cmd, "--help")
         assert proc.returncode == 0 and "-C DIR" in proc.stdout, cmd
+
+
+def test_one_command_table_lists_each_command_once_and_every_handler_exists() -> None:
+    top = cli_proc(Path("."), "--help").stdout
+    listed = re.findall(r"^    (\S+)", top.split("COMMAND\n", 1)[1].split("\noptions:", 1)[0], re.M)
+    assert listed == list(cli_mod.COMMANDS)
+    for name, cmd in cli_mod.COMMANDS.items():
+        module, _, function = cmd.handler.partition(":")
+        mod = importlib.import_module(f"harness.{module}")
+        assert callable(getattr(mod, function)), name
+        assert all(issubclass(e, Exception) for e in mod.USER_ERRORS), name
+
+
+def test_dashboard_words_its_os_errors_as_one_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "autoresearch.toml").write_text("")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert cli(tmp_path, "dashboard", "--port", str(port)) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port 0" in err and err.count("\n") == 1
+    (tmp_path / "autoresearch.jsonl").mkdir()  # a ledger that cannot be read
+    assert cli(tmp_path, "dashboard", "--port", "0") == 2
+    err = capsys.readouterr().err
+    assert "cannot read" in err and "autoresearch.jsonl" in err and err.count("\n") == 1
 
 
 def test_pretrain_init_carries_the_targets_session_settings(tmp_path: Path) -> None:
