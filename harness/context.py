@@ -29,12 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import resources
 from harness.agents.base import ProposalContext
 from harness.ledger import LedgerState, RunRecord
 from harness.stats import Direction, gain, improvement_pct
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-PROGRAM_NAME = "program.md"
 NOTES_NAME = "autoresearch.md"
 IDEAS_NAME = "autoresearch.ideas.md"
 CHARS_PER_TOKEN = 3.5
@@ -238,8 +237,8 @@ def ledger_digest(
 
 
 def program_text() -> str:
-    """The research instructions: the harness's program.md (top of the repository)."""
-    path = PACKAGE_ROOT / PROGRAM_NAME
+    """The research instructions: the harness's program.md (harness/resources.py finds it)."""
+    path = resources.program_path()
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -11,73 +11,20 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import string
-import tomllib
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import harness
 from harness import config as config_mod
-from harness import ledger
-from harness.config import Config, MetricSpec
+from harness import ledger, resources
+from harness.config import Config
 from harness.stats import Direction
+
+# Target loading lives in harness/targets.py; these names stay importable from here.
+from harness.targets import KIT, InitError, Target
+from harness.targets import available_targets as available_targets
+from harness.targets import load_target as load_target
 from harness.workspace import Workspace, WorkspaceError, sha256_file
-
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-ASSETS = PACKAGE_ROOT / "assets"
-TEMPLATES = PACKAGE_ROOT / "session"
-
-
-class InitError(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class Target:
-    """What `assets/<name>/target.toml` declares, or what the init flags describe."""
-
-    name: str
-    description: str
-    command: str
-    metric: MetricSpec
-    editable: tuple[str, ...]
-    fixed: tuple[str, ...]
-    time_budget_s: float
-    cpu_time_budget_s: float | None = None
-    prepare: str | None = None
-    source_dir: Path | None = None  # where the files are copied from (None: already in the workspace)
-    settings: dict[str, Any] = field(default_factory=dict)  # [session] keys the target sets (integrity, held-out)
-    cpu_settings: dict[str, Any] = field(default_factory=dict)  # [session_cpu]: over [session] without CUDA
-
-
-def available_targets() -> list[str]:
-    return sorted(p.parent.name for p in ASSETS.glob("*/target.toml"))
-
-
-def load_target(name: str) -> Target:
-    path = ASSETS / name / "target.toml"
-    if not path.exists():
-        known = ", ".join(available_targets()) or "none installed"
-        raise InitError(f"unknown target {name!r} (available: {known})")
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
-    t, m = data["target"], data["metric"]
-    for table in ("session", "session_cpu"):
-        unknown = sorted(set(data.get(table, {})) - {f.name for f in fields(Config)})
-        if unknown:
-            raise InitError(f"{path}: unknown [{table}] key(s): {', '.join(unknown)}")
-    return Target(
-        name=t["name"],
-        description=t.get("description", ""),
-        command=t["command"],
-        metric=MetricSpec(m["name"], m.get("unit", ""), m.get("direction", "lower")),
-        editable=tuple(t["editable"]),
-        fixed=tuple(t.get("fixed", ())),
-        time_budget_s=float(t.get("time_budget_s", 300)),
-        cpu_time_budget_s=float(t["cpu_time_budget_s"]) if "cpu_time_budget_s" in t else None,
-        prepare=t.get("prepare"),
-        source_dir=path.parent,
-        settings=dict(data.get("session", {})),
-        cpu_settings=dict(data.get("session_cpu", {})),
-    )
 
 
 def default_tag(now: dt.datetime) -> str:
@@ -93,8 +40,15 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def _template(name: str) -> str:
+    try:
+        return resources.session_template(name)
+    except resources.MissingDataError as exc:
+        raise InitError(str(exc)) from None
+
+
 def _render(template: str, **values: str) -> str:
-    return string.Template((TEMPLATES / template).read_text(encoding="utf-8")).substitute(values)
+    return string.Template(_template(template)).substitute(values)
 
 
 def _write_new(path: Path, content: str | bytes, executable: bool = False) -> None:
@@ -170,7 +124,7 @@ def init_workspace(
             "command": "bash autoresearch.sh",
             "metric": target.metric,
             "editable": target.editable,
-            "fixed": target.fixed,
+            "fixed": target.fixed_files,
             "target": target.name,
             "agent": agent,
             "revert": revert,
@@ -196,9 +150,9 @@ def init_workspace(
             budget=f"{budget:g}",
             timeout=f"{cfg.effective_timeout_s:g}",
             editable_list="\n".join(f"- `{p}`" for p in target.editable),
-            fixed_list="\n".join(f"- `{p}` (fixed: hashed, any change is refused)" for p in target.fixed) or "- (none)",
+            fixed_list="\n".join(f"- `{p}` (fixed: hashed, any change is refused)" for p in target.fixed_files) or "- (none)",
         ),
-        "autoresearch.ideas.md": (TEMPLATES / "autoresearch.ideas.md").read_text(encoding="utf-8"),
+        "autoresearch.ideas.md": _template("autoresearch.ideas.md"),
         "autoresearch.sh": _render("autoresearch.sh", command=target.command),
     }
     if checks:
@@ -206,32 +160,31 @@ def init_workspace(
     for rel, content in session_files.items():
         if (root / rel).exists() and (root / rel).read_text(encoding="utf-8", errors="replace") != content:
             raise InitError(f"{root / rel} already exists with other content; move it away or init another directory")
-    if target.source_dir is not None:
-        for rel in (*target.fixed, *target.editable):
-            dst = root / rel
-            if dst.exists() and dst.read_bytes() != (target.source_dir / rel).read_bytes():
-                raise InitError(f"{dst} exists and differs from the {target.name} target's; init into a new directory")
-    else:
+    sources = target.sources()
+    for rel, src in sources.items():
+        dst = root / rel
+        if dst.exists() and dst.read_bytes() != src.read_bytes():
+            raise InitError(f"{dst} exists and differs from the {target.name} target's; init into a new directory")
+    if target.source_dir is None:
         missing = [p for p in (*target.editable, *target.fixed) if not (root / p).is_file()]
         if missing:
             raise InitError(f"missing in {root}: {', '.join(missing)} (create them first, or use --target)")
 
     # 1. the target's files and the .gitignore on the current branch: the session's base
-    if target.source_dir is not None:
-        for rel in (*target.fixed, *target.editable):
-            dst = root / rel
-            if not dst.exists():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(target.source_dir / rel, dst)
-                done.append(f"copied {rel} from the {target.name} target")
+    for rel, src in sources.items():
+        dst = root / rel
+        if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+            done.append(f"copied {rel} " + ("(the fixed kit)" if rel == KIT else f"from the {target.name} target"))
     gitignore = root / ".gitignore"
-    wanted = (TEMPLATES / "gitignore").read_text(encoding="utf-8")
+    wanted = _template("gitignore")
     have = gitignore.read_text(encoding="utf-8") if gitignore.exists() else ""
     lines_missing = [ln for ln in wanted.splitlines() if ln and not ln.startswith("#") and ln not in have.splitlines()]
     if lines_missing:
         gitignore.write_text(have + ("\n" if have and not have.endswith("\n") else "") + wanted, encoding="utf-8")
         done.append("added autoresearch.jsonl, run.log and .autoresearch/ to .gitignore")
-    base_paths = [".gitignore", *target.fixed, *target.editable]
+    base_paths = [".gitignore", *target.fixed_files, *target.editable]
     if not ws.has_commits() or any(p in ws.changed_paths() for p in base_paths):
         ws.commit_all(f"autoresearch: {target.name} target files", paths=base_paths)
         done.append("committed the target's files")
@@ -243,7 +196,7 @@ def init_workspace(
         done.append(f"no CUDA device found: using the target's CPU time budget of {budget:g} s")
     for rel, content in session_files.items():
         _write_new(root / rel, content, executable=rel.endswith(".sh"))
-    measured = [*target.fixed, "autoresearch.sh", *(["autoresearch.checks.sh"] if checks else [])]
+    measured = [*target.fixed_files, "autoresearch.sh", *(["autoresearch.checks.sh"] if checks else [])]
     cfg = config_mod.with_overrides(cfg, fixed_hashes={p: sha256_file(root / p) for p in measured})
     config_mod.save(root, cfg)
     ws.commit_all(f"autoresearch: session setup ({target.name}, {branch})")
@@ -252,10 +205,12 @@ def init_workspace(
     lpath = ledger.ledger_path(root)
     state = ledger.load_state(lpath)
     if state.current is None or state.current.runs:
+        # provenance: which harness and which kit the session's metric depends on
+        kit = {"kit_sha256": cfg.fixed_hashes[KIT]} if target.kit is not None else {}
         ledger.append(
             lpath,
             ledger.header_line(cfg.name, target.metric.name, target.metric.unit, direction, target=target.name,
-                               branch=branch, time_budget_s=budget),
+                               branch=branch, time_budget_s=budget, harness_version=harness.__version__, **kit),
         )
         done.append(f"started the ledger {lpath.name}")
     return cfg, done
