@@ -29,7 +29,7 @@ import git
 
 from harness.config import Config
 from harness.ledger import LedgerState
-from harness.report import points, shorten
+from harness.report import Point, points, shorten
 from harness.workspace import Workspace, WorkspaceError
 
 SETUP_PREFIX = "autoresearch: session setup"
@@ -174,15 +174,16 @@ def _files_of(ws: Workspace, commits: Sequence[str]) -> dict[str, tuple[str, ...
 
 def _keeps(ws: Workspace, state: LedgerState, base: str, tip: str, base_why: str) -> list[Keep]:
     """Kept runs (not baselines) whose commit is on the session branch after the base, in order."""
-    cands = []
+    cands: list[tuple[Point, float, float]] = []  # the point, the best before it, its value
     for seg in state.segments:
         for p in points(seg):
             if p.kept and not p.baseline and p.r.commit and p.best_before is not None and p.r.value is not None:
-                cands.append(p)
+                cands.append((p, p.best_before, p.r.value))
     in_range = set(ws.repo.git.rev_list(f"{base}..{tip}").split())
-    keeps, seen = [], set()
+    keeps: list[tuple[Point, str, float, float]] = []
+    seen: set[str] = set()
     missing = []
-    for p in cands:
+    for p, before, value in cands:
         full = ws.resolve(p.r.commit)
         if full is None or full not in in_range:
             missing.append(f"#{p.r.run} {p.r.commit}")
@@ -190,14 +191,14 @@ def _keeps(ws: Workspace, state: LedgerState, base: str, tip: str, base_why: str
         if full in seen:
             continue
         seen.add(full)
-        keeps.append((p, full))
+        keeps.append((p, full, before, value))
     if missing:
         raise FinalizeError(f"kept run(s) {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} are not "
                             f"commits between the base ({base_why}) and the session branch: an earlier base, or "
                             "the ledger of another branch (imported, or history rewritten)?")
-    files = _files_of(ws, [full for _, full in keeps]) if keeps else {}
-    return [Keep(p.r.run, full, p.r.description, files.get(full, ()), _metric_name(state, p.r.segment),
-                 p.best_before, p.r.value) for p, full in keeps]
+    files = _files_of(ws, [full for _, full, _, _ in keeps]) if keeps else {}
+    return [Keep(p.r.run, full, p.r.description, files.get(full, ()), _metric_name(state, p.r.segment), before, value)
+            for p, full, before, value in keeps]
 
 
 def _metric_name(state: LedgerState, segment: int) -> str:
