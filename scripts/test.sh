@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Install (scripts/setup.sh) and run the whole test suite. This is what CI runs.
+# Install (scripts/setup.sh), lint, type-check, and run the whole test suite. This is what CI runs.
 #
 #   bash scripts/test.sh            # everything
 #   bash scripts/test.sh -k ledger  # extra arguments go to pytest
+#
+# ruff (pyproject.toml [tool.ruff]) and mypy (pyproject.toml [tool.mypy]) must be clean: either
+# failing fails the script before any test runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+echo "test: ruff check"
+.venv/bin/ruff check harness tests scripts assets
+echo "test: mypy harness"
+.venv/bin/mypy harness
 status=0
 .venv/bin/python -m pytest -q "$@" || status=$?
 if [[ $status -eq 5 ]]; then
