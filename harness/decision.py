@@ -1,6 +1,6 @@
 """Keep, discard, crash or checks_failed: one pure function of what a run produced.
 
-Rules (the seed's decision rules, shared/seeds/003_*, plus a secondary-metric guard):
+Rules (README "How the loop decides": the seed plugin's rules plus a secondary-metric guard):
 1. the run failed (non-zero exit, timeout, cancelled) or printed no primary metric -> crash;
 2. the checks failed -> checks_failed;
 3. no best yet in the segment -> keep (this is the baseline);

@@ -5,7 +5,7 @@ exclusive lock, never rewritten. Reading: `read_ledger` parses lines (bad or tor
 reported, never raised) and `fold` turns entries into state (segments, baseline, best,
 counts) as a pure function.
 
-Format (shared/reference/formats.md, the seed's plugin and pi-autoresearch):
+Format (README "The ledger format"; pi-autoresearch's, https://github.com/davebcn87/pi-autoresearch):
 - config header `{"type":"config","name","metricName","metricUnit","bestDirection"}`; a
   config line after at least one run starts a new segment;
 - run line `{"run","commit","metric","metrics","status","description","timestamp",

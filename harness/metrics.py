@@ -1,6 +1,6 @@
 """Parse what a run printed into metric values.
 
-Two contracts are understood (shared/reference/formats.md):
+Two contracts are understood:
 - `METRIC name=value` lines (pi-autoresearch and the seed's plugin);
 - karpathy's summary block: a line `---` followed by `key:  value` lines.
 Only finite numbers are accepted; on duplicates the last occurrence wins, and a METRIC
