@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import resources
-from harness.agents.base import ProposalContext
+from harness import records, resources
+from harness.agents.base import PastRun, ProposalContext
+from harness.config import Config
 from harness.ledger import LedgerState, RunRecord
 from harness.stats import Direction, gain, improvement_pct
 
@@ -80,18 +81,6 @@ class _Limits:
     last_k: int
     field: int  # characters per description / ASI field
     dead: int  # distinct dead ends listed
-
-
-def _running_best(runs: Sequence[RunRecord], baseline: RunRecord | None, direction: Direction) -> list[float | None]:
-    """best_before[i]: the best kept value before run i (the baseline counts as kept)."""
-    out: list[float | None] = []
-    best: float | None = None
-    for r in runs:
-        out.append(best)
-        counts = r is baseline or r.status == "keep"
-        if counts and r.value is not None and (best is None or gain(r.value, best, direction) > 0):
-            best = r.value
-    return out
 
 
 def _kept_lines(runs: Sequence[RunRecord], before: list[float | None], metric: str, direction: Direction,
@@ -171,7 +160,7 @@ def _render_digest(state: LedgerState, metric: str, direction: Direction, lim: _
         return "No experiments yet in this segment: the next run is the baseline."
     runs = seg.runs
     counts = seg.counts()
-    before = _running_best(runs, seg.baseline_run, direction)
+    before = [step.best_before for step in records.running_best(seg)]
     lines = [
         f"Segment {seg.index} of the ledger: {len(runs)} experiments "
         f"({', '.join(f'{n} {s}' for s, n in counts.items() if n)}). {direction.capitalize()} {metric} is better.",
@@ -234,6 +223,25 @@ def ledger_digest(
 
 
 # ------------------------------------------------------------------------ request
+
+
+def proposal_context(cfg: Config, root: Path, state: LedgerState, feedback: str | None = None) -> ProposalContext:
+    """What an agent is given for one proposal: the session's settings and the current segment."""
+    seg = state.current
+    runs = seg.runs if seg else ()
+    return ProposalContext(
+        root=root,
+        editable=cfg.editable,
+        metric_name=cfg.metric.name,
+        direction=cfg.metric.direction,
+        run_number=state.next_run,
+        history=tuple(PastRun(r.run, r.status, r.value, r.description, r.asi, r.segment) for r in runs),
+        best_metric=seg.best if seg else None,
+        baseline_metric=seg.baseline if seg else None,
+        time_budget_s=cfg.time_budget_s,
+        seed=cfg.seed,
+        feedback=feedback,
+    )
 
 
 def program_text() -> str:

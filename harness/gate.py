@@ -34,8 +34,9 @@ class Sample:
     res: RunResult
     metrics: dict[str, float]
     failure: str | None  # crash reason
-    checks_failure: str | None
+    checks_failure: str | None  # the first post-run check that failed (harness.checks)
     notes: dict[str, Any]  # integrity notes for the ASI
+    channel_failure: str | None = None  # the result channel's own verdict (several evaluations), judged by the checks
 
     def value(self, metric: str) -> float | None:
         return None if self.failure or self.checks_failure else self.metrics.get(metric)

@@ -1,0 +1,164 @@
+"""The checks around a run: before it, on the proposal; after it, on what the run did.
+
+A check is a small named function: it takes a context and returns None when it passes, or a
+reason, one sentence the ledger records. The controller runs a list of them in order and
+stops at the first reason. A target extends a list by adding an entry (the LoRA-capacity check
+of the post-training targets is one more function in `PRE_RUN`):
+
+    PRE_RUN = (*PRE_RUN, lora_capacity)
+
+Before the run (README "How the loop decides"; a refusal is logged, undone, never run):
+the proposal changed something, only editable files, no fixed file, passes the integrity audit,
+and is not a repeat. A repeat (`REPEATS`) is a discard, not a violation, and is told back to
+the agent once. After the run (a failure makes it checks_failed): the run left the tracked
+files alone, stayed within the time budget, reported its metric from one evaluation, and the
+checks command passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from harness import integrity
+from harness.config import Config
+from harness.executor import Executor
+from harness.gate import Sample
+from harness.ledger import LedgerState
+from harness.workspace import sha256_file
+
+
+def normalized_diff_hash(patch: str) -> str:
+    """Hash of a diff that ignores what does not change the code: index lines, hunk line
+    numbers, trailing whitespace. Two proposals with the same hash are the same change."""
+    keep = []
+    for line in patch.splitlines():
+        if line.startswith(("index ", "@@")) or not line.strip():
+            continue
+        keep.append(line.rstrip())
+    return hashlib.sha256("\n".join(keep).encode()).hexdigest()[:16]
+
+
+def fixed_changes(root: Path, cfg: Config) -> list[str]:
+    """Fixed files (and the measurement scripts) under `root` whose content differs from init."""
+    bad = []
+    for rel, digest in cfg.fixed_hashes.items():
+        p = root / rel
+        if not p.exists():
+            bad.append(f"{rel} is missing")
+        elif sha256_file(p) != digest:
+            bad.append(f"{rel} changed")
+    return bad
+
+
+# ------------------------------------------------------------------ before the run
+
+
+@dataclass(frozen=True)
+class Proposed:
+    """A proposal's edits in the workspace, before anything is committed or run."""
+
+    cfg: Config
+    root: Path
+    state: LedgerState
+    patch: str  # the working tree against HEAD, untracked files included
+    changed: Sequence[str]  # paths that differ from HEAD
+    digest: str  # normalized_diff_hash(patch)
+    fixed_names: Callable[[], set[str]]  # names the fixed files define (for the audit; computed once)
+
+
+def changed_something(p: Proposed) -> str | None:
+    return None if p.changed else "the proposal changed nothing"
+
+
+def in_scope(p: Proposed) -> str | None:
+    outside = [f for f in p.changed if f not in p.cfg.editable]
+    return f"changes outside the editable files {list(p.cfg.editable)}: {outside}" if outside else None
+
+
+def fixed_unchanged(p: Proposed) -> str | None:
+    bad = fixed_changes(p.root, p.cfg)
+    return "fixed files changed: " + "; ".join(bad) if bad else None
+
+
+def audit(p: Proposed) -> str | None:
+    if not p.cfg.audit:
+        return None
+    findings = integrity.audit_patch(p.patch, list(p.cfg.fixed), p.fixed_names())
+    return "integrity audit: " + "; ".join(str(f) for f in findings[:5]) if findings else None
+
+
+def not_a_repeat(p: Proposed) -> str | None:
+    seen = next((r for r in reversed(p.state.runs) if (r.diff or {}).get("sha") == p.digest), None)
+    if seen is None:
+        return None
+    return f"duplicate: the same change as experiment #{seen.run} ({seen.description!r}, {seen.status})"
+
+
+PreCheck = Callable[[Proposed], str | None]
+PRE_RUN: tuple[PreCheck, ...] = (changed_something, in_scope, fixed_unchanged, audit, not_a_repeat)
+REPEATS: frozenset[PreCheck] = frozenset({not_a_repeat})  # refused as a discard; the agent is told once
+
+
+# ------------------------------------------------------------------- after the run
+
+
+@dataclass(frozen=True)
+class Ran:
+    """One finished run (one sample) that did not crash, and where it ran."""
+
+    cfg: Config
+    run: int
+    sample: Sample
+    executor: Executor
+    env: Mapping[str, str]  # the run's environment, for the checks command
+
+
+def left_tracked_files_alone(r: Ran) -> str | None:
+    """The run itself must not change tracked files (e.g. rewrite prepare.py or train.py)."""
+    ws = r.executor.checkout
+    bad = fixed_changes(ws.root, r.cfg)
+    if bad:
+        return "the run changed fixed files: " + "; ".join(bad)
+    tracked_changes = [p for p in ws.changed_paths() if ws.file_at("HEAD", p) is not None]
+    if tracked_changes:  # modified or deleted: anything HEAD has
+        return f"the run modified or deleted tracked files: {tracked_changes}"
+    return None
+
+
+def within_budget(r: Ran) -> str | None:
+    return integrity.over_budget(r.sample.res.wall_s, r.cfg.time_budget_s, r.cfg.startup_allowance_s,
+                                 r.cfg.eval_allowance_s)
+
+
+def one_evaluation(r: Ran) -> str | None:
+    return r.sample.channel_failure
+
+
+def checks_command(r: Ran) -> str | None:
+    if not r.cfg.checks_command:
+        return None
+    res = r.executor.command(r.cfg.checks_command, r.env, log=f"runs/{r.run}.checks.log",
+                             timeout_s=r.cfg.checks_timeout_s, label=f"checks #{r.run}")
+    if res.ok:
+        return None
+    why = "timed out" if res.timed_out else f"exit {res.exit_code}"
+    return f"checks failed ({why}): {res.tail.strip()[-500:]}"
+
+
+PostCheck = Callable[[Ran], str | None]
+POST_RUN: tuple[PostCheck, ...] = (left_tracked_files_alone, within_budget, one_evaluation, checks_command)
+
+C = TypeVar("C")
+
+
+def first_failure(checks: Sequence[Callable[[C], str | None]], ctx: C) -> tuple[Callable[[C], str | None], str] | None:
+    """The first check that fails, with its reason; None when all pass. Later checks do not run."""
+    for check in checks:
+        reason = check(ctx)
+        if reason:
+            return check, reason
+    return None
