@@ -85,23 +85,24 @@ class _Limits:
 
 def _kept_lines(runs: Sequence[RunRecord], before: list[float | None], metric: str, direction: Direction,
                 lim: _Limits) -> list[str]:
-    kept = [(i, r) for i, r in enumerate(runs) if r.status == "keep" and r.value is not None and before[i] is not None]
+    # (position, run, gain over the best before it) of every kept run after the baseline
+    kept = [(i, r, gain(v, b, direction)) for i, r in enumerate(runs)
+            if r.status == "keep" and (v := r.value) is not None and (b := before[i]) is not None]
     if not kept:
         return ["(none yet: nothing has beaten the baseline)"]
 
-    def line(i: int, r: RunRecord) -> str:
-        delta = gain(r.value, before[i], direction)  # type: ignore[arg-type]
+    def line(r: RunRecord, delta: float) -> str:
         return f"#{r.run} {metric}={_fmt(r.value)} ({_signed(delta)}): {clip(r.description, lim.field)}"
 
     if len(kept) <= lim.kept:
-        return [line(i, r) for i, r in kept]
+        return [line(r, g) for _, r, g in kept]
     recent = kept[-(lim.kept // 2):]
     rest = kept[: -(lim.kept // 2)]
-    largest = sorted(rest, key=lambda ir: -gain(ir[1].value, before[ir[0]], direction))[: lim.kept - len(recent)]  # type: ignore[arg-type]
-    shown = sorted([*largest, *recent], key=lambda ir: ir[0])
-    hidden = [ir for ir in rest if ir not in largest]
-    hidden_gain = sum(gain(r.value, before[i], direction) for i, r in hidden)  # type: ignore[arg-type]
-    return [line(i, r) for i, r in shown] + [
+    largest = sorted(rest, key=lambda k: -k[2])[: lim.kept - len(recent)]
+    shown = sorted([*largest, *recent], key=lambda k: k[0])
+    hidden = [k for k in rest if k not in largest]
+    hidden_gain = sum(g for _, _, g in hidden)
+    return [line(r, g) for _, r, g in shown] + [
         f"(+{len(hidden)} smaller earlier kept changes not listed, together {_signed(hidden_gain)}; "
         "`autoresearch log --status keep` lists all)"
     ]
@@ -113,8 +114,9 @@ def _run_lines(runs: Sequence[RunRecord], before: list[float | None], metric: st
     start = max(len(runs) - lim.last_k, 0)
     for i in range(start, len(runs)):
         r = runs[i]
-        if r.value is not None and before[i] is not None:
-            shown = f"{metric}={_fmt(r.value)} ({_signed(gain(r.value, before[i], direction))} vs best then)"
+        b = before[i]
+        if r.value is not None and b is not None:
+            shown = f"{metric}={_fmt(r.value)} ({_signed(gain(r.value, b, direction))} vs best then)"
         elif r.value is not None:
             shown = f"{metric}={_fmt(r.value)} (baseline)"
         else:

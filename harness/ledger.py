@@ -163,9 +163,9 @@ def parse_entry(obj: Any, lineno: int = 0) -> Entry | None:
     metric = _num(obj.get("metric", 0))
     if metric is None and obj.get("metric") is not None:
         raise ValueError(f"metric must be a number, not {obj.get('metric')!r}")
-    status = obj.get("status")
-    if status not in STATUSES:
-        status = "keep"  # pi-autoresearch's statusFrom: a missing/unknown status reads as keep
+    raw_status = obj.get("status")
+    # pi-autoresearch's statusFrom: a missing/unknown status reads as keep
+    status: Status = raw_status if raw_status in STATUSES else "keep"
     metrics = obj.get("metrics") or {}
     if not isinstance(metrics, dict):
         raise ValueError("metrics must be an object")
@@ -291,7 +291,7 @@ class Segment:
         return b.value if b else None
 
     def counts(self) -> dict[str, int]:
-        out = {s: 0 for s in STATUSES}
+        out: dict[str, int] = {s: 0 for s in STATUSES}
         for r in self.runs:
             out[r.status] += 1
         return out
@@ -383,7 +383,7 @@ def fold(entries: Iterable[Entry], bad_lines: tuple[BadLine, ...] = ()) -> Ledge
 
 def _cost(agent: dict[str, Any] | None) -> float:
     v = (agent or {}).get("cost_usd")
-    return float(v) if type(v) in (int, float) else 0.0
+    return float(v) if type(v) is int or type(v) is float else 0.0
 
 
 def _with_segment(r: RunRecord, segment: int) -> RunRecord:

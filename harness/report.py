@@ -22,10 +22,11 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from harness.ledger import STATUSES, LedgerState, RunRecord, Segment, header_line
-from harness.stats import Direction, confidence_band, gain, improvement_pct, is_better, mad, mad_confidence
+from harness.ledger import STATUSES, LedgerState, RunRecord, Segment, Status, header_line
+from harness.records import Standing, run_line, running_best
+from harness.stats import Direction, confidence_band, gain, improvement_pct, mad
 
 COLORS = {"keep": "#1a9850", "discard": "#a0a0a0", "crash": "#d73027", "checks_failed": "#8e44ad",
           "baseline": "#2166ac", "best": "#1a9850"}
@@ -70,17 +71,10 @@ class Point:
 
 
 def points(seg: Segment) -> list[Point]:
-    """The segment's runs with the running best around each (a pure fold)."""
+    """The segment's runs with the running best around each (`records.running_best`)."""
     base = seg.baseline_run
-    best: float | None = None
-    out = []
-    for r in seg.runs:
-        before = best
-        v = r.value
-        if v is not None and (r is base or r.status == "keep") and is_better(v, best, seg.direction):
-            best = v
-        out.append(Point(r, before, best, r is base, seg.direction))
-    return out
+    return [Point(r, step.best_before, step.best_after, r is base, seg.direction)
+            for r, step in zip(seg.runs, running_best(seg), strict=True)]
 
 
 def _fmt(v: float | None, digits: int = 6) -> str:
@@ -121,6 +115,11 @@ def _mpl() -> tuple[Any, Any]:
     from matplotlib.figure import Figure
 
     return Figure, FigureCanvasAgg
+
+
+def _value(p: Point) -> float:
+    """The result of a point that has one (kept, or a result not kept); NaN otherwise."""
+    return p.r.value if p.r.value is not None else math.nan
 
 
 def _window(base: float, best: float, kept: Sequence[float], others: Sequence[float], noise: float,
@@ -213,7 +212,7 @@ def _draw_segment(ax: Any, seg: Segment, renderer: Any, strip: Any) -> None:
     assert base is not None and best is not None
     values = [p.r.value for p in pts if p.r.value is not None]
     noise = mad(values) if len(values) >= 3 else 0.0
-    lo, hi = _window(base, best, [p.r.value for p in kept], [p.r.value for p in others], noise, d)
+    lo, hi = _window(base, best, [_value(p) for p in kept], [_value(p) for p in others], noise, d)
     rng = (hi - lo) or abs(hi) * 0.02 or 1.0
     pad_better, pad_worse, pad_strip = 0.16 * rng, 0.06 * rng, 0.10 * rng
     pad_top, pad_bottom = (pad_better, pad_worse) if up_is_better else (pad_worse, pad_better)
@@ -221,9 +220,9 @@ def _draw_segment(ax: Any, seg: Segment, renderer: Any, strip: Any) -> None:
     ax.set_ylim(y0, y1)
 
     # discarded (and any other non-kept result): faint dots; beyond the window, arrows at the edge
-    inside = [p for p in others if y0 <= p.r.value <= y1]
-    above = [p.r.run for p in others if p.r.value > y1]
-    below = [p.r.run for p in others if p.r.value < y0]
+    inside = [p for p in others if y0 <= _value(p) <= y1]
+    above = [p.r.run for p in others if _value(p) > y1]
+    below = [p.r.run for p in others if _value(p) < y0]
     few = len(pts) <= 200  # bigger, darker dots when there are few of them
     ax.scatter([p.r.run for p in inside], [p.r.value for p in inside], s=22 if few else 11, color=COLORS["discard"],
                alpha=0.6 if few else 0.45, lw=0, zorder=2)
@@ -243,6 +242,7 @@ def _draw_segment(ax: Any, seg: Segment, renderer: Any, strip: Any) -> None:
     ax.scatter([p.r.run for p in kept if not p.baseline], [p.r.value for p in kept if not p.baseline], s=34,
                color=COLORS["keep"], edgecolors="#0b5d2c", linewidths=0.7, zorder=4)
     b = seg.baseline_run
+    assert b is not None  # a segment with a kept result has a baseline
     ax.scatter([b.run], [b.value], marker="*", s=170, color=COLORS["baseline"], edgecolors="white",
                linewidths=0.6, zorder=5)
     imp = improvement_pct(best, base, d)
@@ -748,8 +748,7 @@ def import_lines(metric: str, rows: Sequence[tuple[str, float, float, str, str]]
     them) come back as checks_failed.
     """
     out: list[dict[str, Any]] = [header_line(f"imported from {source}", metric, "", direction, imported_from=source)]
-    values: list[float] = []
-    baseline = best = None
+    standing = Standing()
     for i, (commit, value, gb, status, desc) in enumerate(rows):
         if status == "crash" and desc.startswith("checks_failed: "):
             status, desc = "checks_failed", desc[len("checks_failed: "):]
@@ -757,27 +756,14 @@ def import_lines(metric: str, rows: Sequence[tuple[str, float, float, str, str]]
         first = i == 0 and has_value
         if first:
             status = "keep"
-        conf = None
-        if has_value:
-            values.append(value)
-            baseline = value if baseline is None else baseline
-            if status == "keep" and is_better(value, best, direction):
-                best = value
-            conf = mad_confidence(values, baseline, best)
-        metrics = {metric: value, "peak_vram_mb": round(gb * 1024, 1)} if has_value else {}
-        line: dict[str, Any] = {
-            "run": first_run + i,
-            "commit": commit,
-            "metric": value if has_value else 0,
-            "metrics": metrics,
-            "status": status,
-            "description": desc,
-            "timestamp": int(end_time - (len(rows) - 1 - i) * spacing_s),
-            "segment": segment,
-            "confidence": conf,
-            "asi": {"imported_from": source, "timestamp_synthesized": True},
-        }
-        if first:
-            line["baseline"] = True
-        out.append(line)
+        kind = cast(Status, status)  # parse_tsv admits keep, discard and crash only
+        standing = standing.after(value if has_value else None, kind, direction)
+        out.append(run_line(
+            run=first_run + i, commit=commit, status=kind, description=desc,
+            metric=value if has_value else None,
+            metrics={metric: value, "peak_vram_mb": round(gb * 1024, 1)} if has_value else {},
+            timestamp=int(end_time - (len(rows) - 1 - i) * spacing_s), segment=segment,
+            confidence=standing.confidence if has_value else None,
+            asi={"imported_from": source, "timestamp_synthesized": True}, extra={"baseline": True} if first else None,
+        ))
     return out
