@@ -4,19 +4,35 @@ The controller only ever moves the branch in three ways: commit an experiment, r
 (or reset) a non-keep, and stash what it found uncommitted. Nothing here deletes work
 without saving it first: rejected proposals and discarded experiments are written to
 `.autoresearch/patches/` before the tree is cleaned.
+
+Other git processes share the repository: an editor or a shell runs `git status`, which
+takes `.git/index.lock` for a moment. Every git write here waits such a lock out with
+backoff. A lock is deleted only when no live process can own it (see `lock_owners`), so
+a lock whose owner is alive is never deleted; one still held after `lock_wait_s` ends the
+write with a `WorkspaceError` that names the owner.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import git
 
 STATE_DIR = ".autoresearch"
+LOCK_WAIT_FIRST_S = 0.05  # first backoff step while another process holds .git/index.lock
+LOCK_WAIT_STEP_MAX_S = 2.0
+LOCK_WAIT_LIMIT_S = 30.0  # an editor's or a shell's git is done well within this
+STALE_LOCK_AGE_S = 2.0  # an index.lock no live process can own, this old, was left by a killed git
+LOCK_RETRIES = 10  # git writes that found the lock taken although our check had just found it free
+_LOCK_TAKEN = "index.lock': File exists"  # git's "Unable to create '<path>/index.lock': File exists."
 
 
 class WorkspaceError(Exception):
@@ -45,11 +61,110 @@ def short(sha: str) -> str:
     return sha[:7]
 
 
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+# ------------------------------------------------------------- index.lock owners
+
+
+@dataclass(frozen=True)
+class LockOwner:
+    pid: int
+    command: str
+    how: str  # why it counts: it has the lock open, or it is a git process working in the repository
+
+
+def lock_owners(lock: Path, root: Path) -> list[LockOwner] | None:
+    """Live processes that may own git's `lock` of the work tree `root`.
+
+    git's index.lock holds no pid. An owner is a process that has the file open, or a git
+    process working in `root` (git moves to the top of the work tree): `git commit -a`
+    closes the lock while its hooks or the message editor run, so an open file alone would
+    miss it. Long-lived read-only git (GitPython's `git cat-file --batch`, ours or a
+    dashboard's; the fsmonitor daemon) is not an owner. None when this cannot be judged: no
+    /proc (not Linux), or another user made the lock, whose processes we may not see.
+    Processes in another PID namespace (a container sharing the volume) are invisible.
+    """
+    try:
+        st = lock.stat()
+    except FileNotFoundError:
+        return []
+    if not Path("/proc/self/fd").is_dir() or (st.st_uid != os.getuid() and os.getuid() != 0):
+        return None
+    here = root.resolve()
+    owners: list[LockOwner] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if _has_open(pid, st):
+                owners.append(LockOwner(pid, _command(pid), "has it open"))
+            elif (_read(pid, "comm") == "git" and _git_subcommand(pid) not in _READ_ONLY_GIT
+                  and Path(os.readlink(f"/proc/{pid}/cwd")).is_relative_to(here)):
+                owners.append(LockOwner(pid, _command(pid), "is a git process working in this repository"))
+        except OSError:  # it ended, or it is another user's and not ours to read
+            continue
+    return owners
+
+
+_READ_ONLY_GIT = {"cat-file", "fsmonitor--daemon"}
+_GIT_OPTIONS_WITH_VALUE = {"-c", "-C", "--git-dir", "--work-tree", "--namespace", "--config-env"}
+
+
+def _git_subcommand(pid: int) -> str | None:
+    args = _read(pid, "cmdline").split("\0")[1:]
+    while args:
+        a = args.pop(0)
+        if a in _GIT_OPTIONS_WITH_VALUE:
+            args = args[1:]
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
+def _has_open(pid: int, st: os.stat_result) -> bool:
+    fds = f"/proc/{pid}/fd"
+    for fd in os.listdir(fds):
+        try:
+            if "index.lock" not in os.readlink(f"{fds}/{fd}"):
+                continue
+            other = os.stat(f"{fds}/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            return True
+    return False
+
+
+def _read(pid: int, name: str) -> str:
+    with open(f"/proc/{pid}/{name}", "rb") as f:
+        return f.read().decode(errors="replace").strip()
+
+
+def _command(pid: int) -> str:
+    try:
+        return " ".join(_read(pid, "cmdline").split("\0")).strip()[:120] or _read(pid, "comm")
+    except OSError:
+        return "?"
+
+
 class Workspace:
     """A git work tree rooted at `root` (the session directory)."""
 
-    def __init__(self, root: Path):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        lock_wait_s: float = LOCK_WAIT_LIMIT_S,
+        say: Callable[[str], None] = _note,
+    ):
         self.root = root.resolve()
+        self.sleep = sleep  # the index.lock backoff; tests pass a recorder
+        self.lock_wait_s = lock_wait_s
+        self.say = say  # where a removed stale lock is reported
         try:
             self.repo = git.Repo(self.root)
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
@@ -176,37 +291,37 @@ class Workspace:
     # -------------------------------------------------------------- mutation
     def commit_all(self, message: str, paths: list[str] | None = None, allow_empty: bool = False) -> str:
         if paths is None:
-            self.repo.git.add("-A")
+            self._git("add", "-A")
         else:
-            self.repo.git.add("-A", "--", *paths)
+            self._git("add", "-A", "--", *paths)
         args = ["-q", "-m", message]
         if allow_empty:
             args.append("--allow-empty")
-        self.repo.git.commit(*args)
+        self._git("commit", *args)
         return self.head()
 
     def create_branch(self, name: str) -> None:
-        self.repo.git.checkout("-q", "-b", name)
+        self._git("checkout", "-q", "-b", name)
 
     def checkout(self, name: str) -> None:
-        self.repo.git.checkout("-q", name)
+        self._git("checkout", "-q", name)
 
     def revert_head(self) -> str:
-        self.repo.git.revert("--no-edit", "HEAD")
+        self._git("revert", "--no-edit", "HEAD")
         return self.head()
 
     def reset_to(self, rev: str) -> str:
         """`git reset --hard rev`: only called on a clean tree (the caller stashes first)."""
         if not self.is_clean():
             raise WorkspaceError("refusing to reset a dirty tree (stash it first)")
-        self.repo.git.reset("-q", "--hard", rev)
+        self._git("reset", "-q", "--hard", rev)
         return self.head()
 
     def stash(self, message: str) -> str | None:
         """Stash everything uncommitted (untracked files too); returns the stash commit."""
         if self.is_clean():
             return None
-        self.repo.git.stash("push", "--include-untracked", "-m", message)
+        self._git("stash", "push", "--include-untracked", "-m", message)
         return self.repo.git.rev_parse("stash@{0}")
 
     def discard_working_changes(self, paths: list[str]) -> None:
@@ -219,11 +334,11 @@ class Workspace:
         tracked = set(self.repo.git.ls_tree("-r", "--name-only", "HEAD").splitlines())
         in_head = [p for p in paths if p in tracked]
         if in_head:
-            self.repo.git.reset("-q", "HEAD", "--", *in_head)
-            self.repo.git.checkout("HEAD", "--", *in_head)
+            self._git("reset", "-q", "HEAD", "--", *in_head)
+            self._git("checkout", "HEAD", "--", *in_head)
         for p in paths:
             if p not in tracked:
-                self.repo.git.rm("-q", "--cached", "--ignore-unmatch", "--", p)
+                self._git("rm", "-q", "--cached", "--ignore-unmatch", "--", p)
                 target = self.root / p
                 if target.is_file() or target.is_symlink():
                     target.unlink()
@@ -231,25 +346,88 @@ class Workspace:
     def finish_interrupted_git(self) -> list[str]:
         """Abort a revert/merge/cherry-pick left half-done by a kill; remove a stale index.lock.
 
-        Only called while the controller holds the workspace lock, so no git process of
-        ours can be running: an index.lock is a leftover of a killed one.
+        Called while the controller holds the workspace lock, so no git process of ours is
+        running; an index.lock is another process's (waited out) or a killed git's (removed).
         """
         done: list[str] = []
+        note = self._wait_for_index_lock()
+        if note:
+            done.append(note)
         gitdir = Path(self.repo.git_dir)
-        lock = gitdir / "index.lock"
-        if lock.exists():
-            lock.unlink()
-            done.append("removed a stale .git/index.lock")
         if (gitdir / "REVERT_HEAD").exists() or (gitdir / "sequencer").exists():
             try:
-                self.repo.git.revert("--abort")
+                self._git("revert", "--abort")
             except git.GitCommandError:
-                self.repo.git.reset("-q", "--merge")
+                self._git("reset", "-q", "--merge")
             done.append("aborted a half-done git revert")
         if (gitdir / "MERGE_HEAD").exists() or (gitdir / "CHERRY_PICK_HEAD").exists():
-            self.repo.git.reset("-q", "--merge")
+            self._git("reset", "-q", "--merge")
             done.append("aborted a half-done merge")
         return done
+
+    # ----------------------------------------------------------- index.lock
+    def _git(self, command: str, *args: str, **kwargs: Any) -> str:
+        """A git command that writes the index or HEAD, after waiting out another's index.lock.
+
+        A lock taken between our check and git's own attempt fails git with "Unable to
+        create ...index.lock': File exists"; that is waited out and the command run again.
+        Single-step commands fail so before they change anything; `stash` and `revert` take
+        the lock more than once, and a retry after a later step fails loudly or stashes twice.
+        """
+        for _ in range(LOCK_RETRIES):
+            note = self._wait_for_index_lock()
+            if note:
+                self.say(note)
+            try:
+                return getattr(self.repo.git, command)(*args, **kwargs)
+            except git.GitCommandError as exc:
+                if _LOCK_TAKEN not in str(exc.stderr):
+                    raise
+        raise WorkspaceError(
+            f"git {command} found .git/index.lock in {self.root} taken {LOCK_RETRIES} times in a row, each "
+            "time just after it was free: another program runs git here without pause; stop it"
+        )
+
+    def _wait_for_index_lock(self) -> str | None:
+        """Wait, with backoff, until .git/index.lock is gone; remove it if no live process can own it.
+
+        Returns a note when a stale lock was removed. Raises WorkspaceError when a lock that
+        may have a live owner is still there after `lock_wait_s`; such a lock is never deleted.
+        """
+        lock = Path(self.repo.git_dir) / "index.lock"
+        waited, step = 0.0, LOCK_WAIT_FIRST_S
+        while True:
+            try:
+                st = lock.stat()
+            except FileNotFoundError:
+                return None
+            owners = lock_owners(lock, self.root)
+            age = max(time.time() - st.st_mtime, waited)
+            if owners == [] and (age >= STALE_LOCK_AGE_S or waited >= self.lock_wait_s):
+                try:
+                    same = lock.stat().st_ino == st.st_ino  # still the one judged, not a new git's
+                except FileNotFoundError:
+                    return None
+                if not same:
+                    continue
+                lock.unlink(missing_ok=True)
+                return (f"removed a stale .git/index.lock ({age:.0f}s old; no process had it open and no git "
+                        "was working in this repository: a killed git left it)")
+            if waited >= self.lock_wait_s:
+                raise WorkspaceError(self._lock_held_message(owners, waited))
+            self.sleep(step)
+            waited += step
+            step = min(2 * step, LOCK_WAIT_STEP_MAX_S)
+
+    def _lock_held_message(self, owners: list[LockOwner] | None, waited: float) -> str:
+        lock = Path(self.repo.git_dir) / "index.lock"
+        if owners is None:
+            return (f"{lock} is still there after {waited:.0f}s and its owner cannot be checked on this system "
+                    "(no /proc, or another user made it); if no git process is working in this repository, "
+                    "delete that file, then continue")
+        who = "; ".join(f"pid {o.pid} ({o.command}) {o.how}" for o in owners[:3])
+        return (f"{lock} is still held after {waited:.0f}s: {who}. Let that process finish or end it, then "
+                "continue; the lock was left in place")
 
 
 def _numstat(text: str) -> DiffStats:
