@@ -47,7 +47,7 @@ from harness.integrity import fixed_names
 from harness.journal import ControllerError, Journal, LockedError, WorkspaceLock, atomic_write
 from harness.runner import RunnerError, run_command
 from harness.stoprules import Interrupts, StopRules, parse_until, should_stop
-from harness.workspace import Workspace, short
+from harness.workspace import Workspace, WorkspaceError, short
 
 __all__ = [
     "Controller", "ControllerError", "Interrupts", "IterationResult", "LockedError", "StopRules", "WorkspaceLock",
@@ -57,7 +57,7 @@ __all__ = [
 Printer = Callable[[str], None]
 # What the machine or the repository does wrong, not the experiment: one is logged as a crash and
 # the loop goes on; two in a row stop it (`Controller.run_loop`).
-ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (RunnerError, git.GitError, OSError)
+ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (RunnerError, git.GitError, WorkspaceError, OSError)
 
 
 def _fault(point: str) -> None:
@@ -470,6 +470,8 @@ def environment_advice(exc: BaseException) -> str:
     if isinstance(exc, RunnerError):
         return "the experiment command could not be started; check that the workspace and .autoresearch/ exist " \
                "and are writable, and that /bin/bash runs"
+    if isinstance(exc, WorkspaceError):  # its message names the problem (a lock held too long, a dirty tree)
+        return "the workspace's git state needs fixing as the message says; `git status` there shows it"
     if isinstance(exc, git.GitError):
         return "git failed in the workspace; run `git status` there and fix what it reports " \
                "(another git process holding a lock, a broken repository, permissions)"

@@ -20,3 +20,107 @@ _GIT_HOME = Path(tempfile.mkdtemp(prefix="autoresearch-test-git-"))
 )
 os.environ["GIT_CONFIG_GLOBAL"] = str(_GIT_HOME / "gitconfig")
 os.environ["GIT_CONFIG_NOSYSTEM"] = "1"
+
+
+# ------------------------------------------------------------------------------------------------
+# Loop-policy seams: a fake executor and a fake clock (tests/test_loop_policy.py, test_noise.py).
+# The controller takes both through its constructor:
+#     Controller(root, cfg, executor=fake_executor(root, [1.0, 1.2]), clock=fake_clock)
+# Git, the ledger and the checks stay real; only where a run happens and what time it is are fake.
+
+from collections.abc import Callable, Sequence  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import pytest  # noqa: E402
+
+Outcome = float | dict[str, float] | None | BaseException
+
+
+@dataclass(frozen=True)
+class ExecutorCall:
+    commit: str
+    seed: int
+    env: dict[str, str]
+    key: str  # names the run's files: "3", "3.s2" for its second seed
+
+
+class FakeClock:
+    """A clock the test moves: by hand (`advance`), or by `step` seconds on every reading."""
+
+    def __init__(self, start: float = 1_800_000_000.0, step: float = 0.0) -> None:
+        self.now, self.step = start, step
+
+    def __call__(self) -> float:
+        t = self.now
+        self.now += self.step
+        return t
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeExecutor:
+    """The controller's executor without processes: each `run` takes the next outcome of `script`
+    (a list), or asks `script(call)` (a function). A number is the primary metric, a dict all the
+    metrics, None a run that printed no metric (a crash), an exception is raised as the run's
+    environment error. Every run is recorded in `calls`, every other command in `commands`;
+    with a `clock`, each run advances it by `wall_s`. Its `checkout` is the real workspace, so
+    the post-run checks inspect real files."""
+
+    def __init__(self, root: Path, script: Sequence[Outcome] | Callable[[ExecutorCall], Outcome], *,
+                 metric: str = "score", wall_s: float = 1.0, clock: FakeClock | None = None) -> None:
+        from harness.workspace import Workspace
+
+        self.checkout = Workspace(root)
+        self.script = script if callable(script) else list(script)
+        self.metric, self.wall_s, self.clock = metric, wall_s, clock
+        self.calls: list[ExecutorCall] = []
+        self.commands: list[str] = []
+
+    def run(self, commit: str, seed: int, env: dict[str, str], *, key: str, label: str):
+        from harness.gate import Sample
+
+        call = ExecutorCall(commit, seed, dict(env), key)
+        self.calls.append(call)
+        outcome = self.script(call) if callable(self.script) else self.script.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if outcome is None:
+            metrics: dict[str, float] = {}
+        elif isinstance(outcome, dict):
+            metrics = dict(outcome)
+        else:
+            metrics = {self.metric: float(outcome)}
+        if self.clock is not None:
+            self.clock.advance(self.wall_s)
+        return Sample(seed, self._result(f"runs/{key}.log", metrics), metrics, None, None, {})
+
+    def evaluate(self, command: str, env: dict[str, str], *, key: str, label: str):
+        from harness.gate import Sample
+
+        self.commands.append(command)
+        return Sample(int(env.get("AUTORESEARCH_SEED", 0)), self._result(f"runs/{key}.log", {}), {}, None, None, {})
+
+    def command(self, command: str, env: dict[str, str], *, log: str, timeout_s: float, label: str):
+        self.commands.append(command)
+        return self._result(log, {})
+
+    def _result(self, log: str, metrics: dict[str, float]):
+        from harness.runner import RunResult
+
+        path = self.checkout.state_dir / log
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = "".join(f"METRIC {k}={v}\n" for k, v in metrics.items())
+        path.write_text(text, encoding="utf-8")
+        return RunResult(0, False, False, self.wall_s, None, text, path)
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def fake_executor() -> type[FakeExecutor]:
+    """The FakeExecutor class: `fake_executor(root, script, clock=fake_clock)`."""
+    return FakeExecutor

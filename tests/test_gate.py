@@ -5,6 +5,7 @@ Run: python -m pytest tests/test_gate.py -q
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,24 @@ def test_a_lucky_first_run_is_not_kept() -> None:
 def test_a_small_gain_gets_up_to_confirm_reruns() -> None:
     samples, d, ev = _confirm(1.12, {1: 1.08, 2: 1.1, 3: 1.09})
     assert len(samples) == 4 and ev["n"] == 4
-    assert d.status == ("keep" if ev["gain"] >= ev["threshold"] else "discard")
+    # By hand: the pooled SD of the calibration [1.0, 1.1, 0.9, 1.0] (SS 0.02) and the four runs (mean
+    # 1.0975, SS 0.00087) is sqrt(0.02087 / 6) = 0.059 < 0.1, so sigma is the calibration's 0.1. After
+    # 4 runs against a best of 4: threshold 1.5 * 0.1 * sqrt(1/4 + 1/4) = 0.1061 > gain 0.0975. The
+    # earlier steps (gain 0.1 against 0.1299 and 0.1146) were under it too: a discard after all reruns.
+    assert ev["sigma"] == pytest.approx(0.1)
+    assert ev["gain"] == pytest.approx(0.0975)
+    assert ev["threshold"] == pytest.approx(1.5 * 0.1 * math.sqrt(0.5))
+    assert d.status == "discard" and d.reason.startswith("not confirmed: mean gain 0.0975 over 4 run(s)")
+
+
+def test_the_same_small_gain_is_kept_with_a_looser_threshold() -> None:
+    # min_effect 1.0: threshold after 2 runs is 0.1 * sqrt(1/2 + 1/4) = 0.0866 < gain 0.10
+    rules = GateRules(min_effect_sigma=1.0, confirm=3, tolerance=0.0, direction="higher")
+    samples, d, ev = confirm(s(42, 1.12), Decision("keep", "better", 0.12), scripted({1: 1.08, 2: 1.1, 3: 1.09}),
+                             rules=rules, metric="m", best=1.0, best_n=4, calibration=CAL,
+                             replicates=[[1.0, 1.1, 0.9, 1.0]], first_seed=42, say=print)
+    assert d.status == "keep" and len(samples) == 2
+    assert ev["threshold"] == pytest.approx(0.1 * math.sqrt(0.75)) and ev["gain"] == pytest.approx(0.10)
 
 
 def test_a_failing_confirmation_run_is_a_discard() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -57,7 +58,13 @@ def test_experiment_mode_keep_discard_and_revert(tmp_path: Path) -> None:
     log = git(root, "log", "--format=%s")
     assert 'Revert "experiment #3: LR way up"' in log
     assert rs[1].diff == {"files": ["train.py"], "added": 1, "removed": 1, "sha": rs[1].diff["sha"]}
-    assert rs[1].confidence is None or rs[1].confidence > 0
+    # Confidence after each run, by hand: |best kept - baseline| / MAD of the results so far.
+    # After two results it is undefined (under 3 points); after the third it is defined.
+    assert rs[1].confidence is None
+    values = [r.metric for r in rs]
+    spread = statistics.median(abs(v - statistics.median(values)) for v in values)
+    assert rs[2].confidence == pytest.approx(abs(rs[1].metric - rs[0].metric) / spread)
+    assert rs[2].confidence == pytest.approx(1.0, abs=1e-3)  # the baseline is the median: MAD is the kept gain
 
 
 def test_nothing_to_evaluate_and_dirty_baseline_are_clear_errors(tmp_path: Path, capsys) -> None:
