@@ -200,8 +200,8 @@ class Controller:
                 proposal, agent_info = retry, records.add_usage(agent_info, records.agent_field(agent.name, retry))
                 refused, diff = self._screen(state, run)
             if refused is not None:
-                rec = self._record(run, self.ws.head(), {}, refused, proposal.description, proposal.asi, t0, diff, agent_info,
-                                   records.confidence_after(seg, None, refused.status), state=state)
+                rec = self._record(run, self.ws.head(), {}, refused, proposal.description, proposal.asi, t0, diff,
+                                   agent_info, records.confidence_after(seg, None, refused.status), state=state)
                 ledger.append(self.ledger_path, rec)
                 self.ws.discard_working_changes(self.ws.changed_paths())
                 return IterationResult(rec, refused)
