@@ -13,17 +13,17 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from harness import config as config_mod
-from harness import ledger, views
+from harness import ledger, records, views
 from harness.agents import make_agent
 from harness.agents.base import AgentError, Proposal
 from harness.cli_common import UserError, json_object, load_config, workspace_root
 from harness.config import Config, ConfigError, MetricSpec
+from harness.ledger import Status
 from harness.loop import Controller, ControllerError, StopRules, WorkspaceLock, format_result, parse_until
 from harness.session import InitError, Target, init_workspace, load_target
-from harness.stats import is_better, mad_confidence
 from harness.workspace import Workspace, WorkspaceError, short
 
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, InitError, ControllerError, WorkspaceError, AgentError)
@@ -291,27 +291,22 @@ def cmd_log_experiment(args: argparse.Namespace) -> int:
             commit = short(Workspace(root).head())
         except (WorkspaceError, ValueError):
             commit = ""
-    seg = state.current
+    status = cast(Status, args.status)  # argparse's choices are exactly the Status literals
     confidence = args.confidence
-    if confidence is None and seg is not None and args.status in ("keep", "discard"):
-        values = [r.value for r in seg.runs if r.value is not None] + [args.metric]
-        baseline = seg.baseline if seg.baseline is not None else args.metric
-        best = seg.best
-        if args.status == "keep" and is_better(args.metric, best, seg.direction):
-            best = args.metric
-        confidence = mad_confidence(values, baseline, best)
-    rec = {
-        "run": args.run if args.run is not None else state.next_run,
-        "commit": commit,
-        "metric": args.metric,
-        "metrics": metrics,
-        "status": args.status,
-        "description": args.description,
-        "timestamp": int(dt.datetime.now().timestamp()),
-        "segment": args.segment if args.segment is not None else max(len(state.segments) - 1, 0),
-        "confidence": confidence,
-        "asi": asi,
-    }
+    if confidence is None and status in records.RESULT_STATUSES:  # crash/checks_failed lines carry none
+        confidence = records.confidence_after(state.current, args.metric, status)
+    rec = records.run_line(
+        run=args.run if args.run is not None else state.next_run,
+        commit=commit,
+        status=status,
+        description=args.description,
+        metric=args.metric,
+        metrics=metrics,
+        timestamp=int(dt.datetime.now().timestamp()),
+        segment=args.segment if args.segment is not None else records.segment_index(state),
+        confidence=confidence,
+        asi=asi,
+    )
     ledger.append(lpath, rec)
     print(json.dumps(rec))
     return 0

@@ -170,6 +170,17 @@ def test_log_experiment_and_seed_scripts(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--asi must be a JSON object" in bad.stderr
 
 
+def test_log_experiment_fills_the_confidence_after_the_line(tmp_path: Path) -> None:
+    root = make_toy(tmp_path / "ws")
+    for metric, status in (("1.0", "keep"), ("1.1", "discard"), ("2.0", "keep"), ("1.5", "discard"), ("0", "crash")):
+        assert cli(root, "log-experiment", "--metric", metric, "--status", status, "--description", status) == 0
+    conf = [line["confidence"] for line in lines(root) if "run" in line]
+    # by hand: after 3 results [1.0, 1.1, 2.0] the median is 1.1 and the MAD 0.1, |2.0 - 1.0| / 0.1 = 10;
+    # after [1.0, 1.1, 2.0, 1.5] the median is 1.3 and the MAD 0.25, so 4; a crash line carries none
+    assert conf[:2] == [None, None]
+    assert conf[2] == pytest.approx(10.0) and conf[3] == pytest.approx(4.0) and conf[4] is None
+
+
 def test_run_flag_validation(tmp_path: Path) -> None:
     root = make_toy(tmp_path / "ws")
     for args, msg in ((["--until", "7pm"], "HH:MM"), (["--max-iterations", "0"], "at least 1"),
