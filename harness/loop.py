@@ -105,7 +105,7 @@ class Controller:
         `pre_run` / `post_run` are the checks before and after each run (harness.checks)."""
         self.root = root.resolve()
         self.cfg = cfg
-        self.ws = Workspace(self.root)
+        self.ws = Workspace(self.root, say=printer)  # a stale index.lock removed mid-session is said in its log
         self.clock = clock
         self.say = printer
         self.ledger_path = ledger.ledger_path(self.root)
