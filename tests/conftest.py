@@ -124,3 +124,80 @@ def fake_clock() -> FakeClock:
 def fake_executor() -> type[FakeExecutor]:
     """The FakeExecutor class: `fake_executor(root, script, clock=fake_clock)`."""
     return FakeExecutor
+
+
+# ---------------------------------------------------------------------------
+# Targets' fixed side, imported by path (test_kit.py, test_pretrain_*.py)
+#
+# Every target has its own prepare.py, so no test may `import prepare` (or put a target folder on
+# sys.path): the names would collide across targets. These load a file under a name of the test's
+# choosing, and give prepare.py its `import arkit` the way a workspace does (arkit.py beside it).
+# ---------------------------------------------------------------------------
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def load_by_path(path: Path | str, name: str, aliases: dict | None = None):
+    """Execute the file at `path` as module `name` (kept in sys.modules under that name only). `aliases`
+    (module name -> module) are visible in sys.modules only while it runs, for its own imports."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    saved = {alias: sys.modules.get(alias) for alias in aliases or {}}
+    sys.modules.update(aliases or {})
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    finally:
+        for alias, old in saved.items():
+            if old is None:
+                sys.modules.pop(alias, None)
+            else:
+                sys.modules[alias] = old
+    return module
+
+
+_TARGET_MODULES: dict[str, object] = {}
+
+
+def kit_module():
+    """assets/arkit.py, loaded once per test process as `autoresearch_kit` (tests/test_kit.py loads fresh
+    copies of its own, for the import-time behaviour)."""
+    if "kit" not in _TARGET_MODULES:
+        _TARGET_MODULES["kit"] = load_by_path(ASSETS / "arkit.py", "autoresearch_kit")
+    return _TARGET_MODULES["kit"]
+
+
+def pretrain_prepare():
+    """assets/pretrain/prepare.py as `pretrain_prepare`, its `import arkit` answered by kit_module()."""
+    if "prepare" not in _TARGET_MODULES:
+        _TARGET_MODULES["prepare"] = load_by_path(
+            ASSETS / "pretrain" / "prepare.py", "pretrain_prepare", {"arkit": kit_module()}
+        )
+    return _TARGET_MODULES["prepare"]
+
+
+def pretrain_train():
+    """assets/pretrain/train.py as `pretrain_train`, its `from prepare import` answered by pretrain_prepare()."""
+    if "train" not in _TARGET_MODULES:
+        _TARGET_MODULES["train"] = load_by_path(
+            ASSETS / "pretrain" / "train.py", "pretrain_train", {"prepare": pretrain_prepare()}
+        )
+    return _TARGET_MODULES["train"]
+
+
+def pretrain_workspace(directory: Path) -> Path:
+    """prepare.py, train.py and arkit.py side by side in `directory`, as `autoresearch init` lays them out."""
+    import shutil
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("prepare.py", "train.py"):
+        shutil.copy(ASSETS / "pretrain" / name, directory / name)
+    shutil.copy(ASSETS / "arkit.py", directory / "arkit.py")
+    return directory
