@@ -3,7 +3,7 @@
 Run: .venv/bin/python scripts/bench_pretrain_cpu.py            (~3-4 minutes on 2 cores)
      .venv/bin/python scripts/bench_pretrain_cpu.py --budgets 15 60 120 --json bench_cpu.json
 
-It copies assets/pretrain/ into a temporary workspace (as `autoresearch init` does), prepares the offline
+It copies assets/pretrain/ and the kit into a temporary workspace (as `autoresearch init` does), prepares the offline
 `local` corpus once (cached in $AUTORESEARCH_CACHE_DIR, default ~/.cache/autoresearch), then runs train.py
 once per budget with CUDA hidden, so the numbers are the CPU preset's even on a GPU machine. The longer
 budget must reach a clearly lower val_bpb: that is the check that the CPU preset learns.
@@ -52,6 +52,7 @@ def main() -> int:
     ws = tempfile.mkdtemp(prefix="bench_pretrain_cpu_")
     for name in ("prepare.py", "train.py"):
         shutil.copy(os.path.join(ASSETS, name), ws)
+    shutil.copy(os.path.join(os.path.dirname(ASSETS), "arkit.py"), ws)  # the fixed kit prepare.py imports
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "AUTORESEARCH_SEED": str(args.seed), "HF_HUB_OFFLINE": "1"}
     env["AUTORESEARCH_CHECKPOINT"] = os.path.join(ws, "checkpoint")
     env.pop("AUTORESEARCH_DATASET", None)

@@ -6,14 +6,13 @@ Run: .venv/bin/python -m pytest tests/test_pretrain_data.py -q   (CPU only, no n
 
 import json
 import os
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import pretrain_prepare
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "pretrain"))
-import prepare  # noqa: E402
+prepare = pretrain_prepare()  # by path: every target has a prepare.py
 
 
 @pytest.fixture

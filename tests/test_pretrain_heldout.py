@@ -21,11 +21,11 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import pretrain_prepare, pretrain_workspace
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "assets" / "pretrain"
-sys.path.insert(0, str(ASSETS))
-import prepare  # noqa: E402
+prepare = pretrain_prepare()  # by path: every target has a prepare.py
 
 PREPARE_ARGS = ("--dataset", "local", "--max-bytes", "300000", "--vocab-size", "512", "--eval-tokens", "4096")
 METRIC_LINE = re.compile(r"^METRIC ([A-Za-z_][A-Za-z0-9_]*)=(\S+)$", re.M)
@@ -37,12 +37,9 @@ def run_py(cwd, env, *args, timeout=240):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A workspace (prepare.py + train.py), small local data in a private cache, and a 2 s run's checkpoint."""
+    """A workspace (prepare.py, train.py, arkit.py), small local data in a private cache, and a 2 s run's checkpoint."""
     root = tmp_path_factory.mktemp("heldout")
-    ws = root / "ws"
-    ws.mkdir()
-    for name in ("prepare.py", "train.py"):
-        shutil.copy(ASSETS / name, ws / name)
+    ws = pretrain_workspace(root / "ws")
     env = {
         **os.environ,
         "AUTORESEARCH_CACHE_DIR": str(root / "cache"),
@@ -247,7 +244,8 @@ def test_evaluate_heldout_uses_the_checkpoints_train_py(trained, tmp_path, monke
     The checkpoint comes from $AUTORESEARCH_CHECKPOINT, the value goes to the result file and to stdout."""
     ws = tmp_path / "edited"
     ws.mkdir()
-    shutil.copy(trained.ws / "prepare.py", ws / "prepare.py")
+    for name in ("prepare.py", "arkit.py"):
+        shutil.copy(trained.ws / name, ws / name)
     (ws / "train.py").write_text("raise SystemExit('the agent broke this')\ndef (:\n")
     result_file = tmp_path / "result.jsonl"
     env = {**trained.env, "AUTORESEARCH_CHECKPOINT": str(trained.ckpt), "AUTORESEARCH_RESULT_FILE": str(result_file)}

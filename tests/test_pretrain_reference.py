@@ -2,24 +2,22 @@
 
 Run: .venv/bin/python -m pytest tests/test_pretrain_reference.py -q   (CPU only, no network, ~10 s)
 
-They import assets/pretrain/prepare.py and train.py directly and build a tiny dataset in a temporary
-directory, so they need no prepared cache.
+They load assets/pretrain/prepare.py and train.py by path (tests/conftest.py; never `import prepare`, a
+name every target has) and build a tiny dataset in a temporary directory, so they need no prepared cache.
 """
 
 import dataclasses
 import math
-import os
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn as nn
+from conftest import pretrain_prepare, pretrain_train
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "pretrain"))
-import prepare  # noqa: E402
-import train  # noqa: E402
+prepare = pretrain_prepare()
+train = pretrain_train()
 
 # ---------------------------------------------------------------------------
 # Optimizer

@@ -4,17 +4,15 @@ workspace directory, as subprocesses, on a small offline corpus and a few second
 Run: .venv/bin/python -m pytest tests/test_pretrain_smoke.py -q   (CPU only, no network, ~15-25 s)
 """
 
-import importlib.util
 import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
-import torch
+from conftest import kit_module, pretrain_prepare, pretrain_workspace
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "pretrain")
 METRIC_LINE = re.compile(r"^METRIC ([A-Za-z_][A-Za-z0-9_]*)=(\S+)$")
@@ -23,10 +21,7 @@ METRIC_LINE = re.compile(r"^METRIC ([A-Za-z_][A-Za-z0-9_]*)=(\S+)$")
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain")
-    ws = root / "ws"
-    ws.mkdir()
-    for name in ("prepare.py", "train.py"):
-        shutil.copy(os.path.join(ASSETS, name), ws / name)
+    ws = pretrain_workspace(root / "ws")
     env = {
         **os.environ,
         "AUTORESEARCH_CACHE_DIR": str(root / "cache"),
@@ -105,16 +100,13 @@ def test_train_prints_val_bpb_and_saves_a_checkpoint(workspace, prepared):
     ckpt = root / "checkpoint"
     config = json.loads((ckpt / "config.json").read_text())
     assert config["val_bpb"] == pytest.approx(val_bpb, abs=1e-8) and os.path.isdir(config["tokenizer_dir"])
-    # A post-training target can rebuild the model from the checkpoint alone.
-    sys.path.insert(0, str(ws))
-    try:
-        spec = importlib.util.spec_from_file_location("ckpt_train", ckpt / "train.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ws))
-    model = module.GPT(module.GPTConfig(**config["model"]), module.SDPAAttention())
-    model.load_state_dict(torch.load(ckpt / "model.pt"), strict=True)
+    # A post-training target can rebuild the model from the checkpoint alone, with the kit.
+    model, module = kit_module().load_checkpoint_model(
+        str(ckpt), lambda m: m.GPT(m.GPTConfig(**config["model"]), m.SDPAAttention()),
+        aliases={"prepare": pretrain_prepare()},
+    )
+    assert model.config.n_layer == int(summary["depth"])
+    assert module.__name__ not in sys.modules and "prepare" not in sys.modules  # nothing left registered
 
 
 def test_train_fails_fast_on_nan(workspace, prepared):
@@ -134,8 +126,9 @@ def test_shipped_train_py_passes_the_harness_audit():
 
     from harness import integrity
 
-    names = integrity.fixed_names([Path(ASSETS) / "prepare.py"])
-    assert {"evaluate_bpb", "MAX_SEQ_LEN", "EVAL_TOKENS"} <= names
+    fixed = [Path(ASSETS) / "prepare.py", Path(ASSETS).parent / "arkit.py"]  # the kit is fixed in a workspace too
+    names = integrity.fixed_names(fixed)
+    assert {"evaluate_bpb", "MAX_SEQ_LEN", "EVAL_TOKENS", "report", "load_checkpoint_model"} <= names
     lines = Path(ASSETS, "train.py").read_text(encoding="utf-8").splitlines()
     patch = "--- a/train.py\n+++ b/train.py\n" + "\n".join("+" + line for line in lines)
-    assert integrity.audit_patch(patch, ["prepare.py"], names) == []
+    assert integrity.audit_patch(patch, ["prepare.py", "arkit.py"], names) == []

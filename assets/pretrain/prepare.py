@@ -35,16 +35,20 @@ Environment (all optional):
     AUTORESEARCH_CHECKPOINT    directory train.py saves the final model to (default <root>/pretrain/checkpoint);
                                also what --evaluate-heldout reads when given no directory
     AUTORESEARCH_RESULT_FILE   evaluate_bpb appends {"name": "val_bpb", "value": ...} to it (the harness's channel),
-                               --evaluate-heldout {"name": "heldout_bpb", "value": ...}
+                               --evaluate-heldout {"name": "heldout_bpb", "value": ...}; the kit reads it once, at
+                               import, and removes it from the environment (arkit.py says why, and what that is not)
 
-Importing this module is cheap and has no side effects: nothing is downloaded or trained at import.
+What every target's fixed side shares (the result channel, progress output, atomic writes, the Hub, hash
+splits and manifests, loading a checkpoint) is the fixed kit, arkit.py, beside this file; what is here is
+specific to pretraining: the corpus sources, the tokenizer, the dataloader and bits per byte.
+
+Importing this module is cheap: nothing is downloaded or trained at import.
 """
 
 import argparse
 import base64
 import contextlib
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -56,6 +60,7 @@ import time
 from bisect import bisect_right
 from dataclasses import dataclass
 
+import arkit
 import pyarrow as pa
 import pyarrow.parquet as pq
 import tiktoken
@@ -112,50 +117,6 @@ NO_HELDOUT = (
 )
 
 
-def _say(*parts) -> None:
-    print(*parts, flush=True)
-
-
-class _Progress:
-    """A small progress bar: redrawn in place on a terminal, a line every few seconds in a log file."""
-
-    def __init__(self, label: str, total: int, unit: str = ""):
-        self.label, self.total, self.unit = label, max(1, total), unit
-        self.n, self.t0, self.last = 0, time.time(), 0.0
-        self.tty = sys.stdout.isatty()
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        now = time.time()
-        if now - self.last >= (0.2 if self.tty else 5.0):
-            self.last = now
-            self._draw(end="\r" if self.tty else "\n")
-
-    def close(self) -> None:
-        self._draw(end="\n")
-
-    def _draw(self, end: str) -> None:
-        frac = min(1.0, self.n / self.total)
-        bar = "#" * int(24 * frac)
-        print(
-            f"{self.label} [{bar:<24}] {100 * frac:5.1f}% {self.n:,}/{self.total:,}{self.unit} "
-            f"{time.time() - self.t0:5.1f}s",
-            end=end,
-            flush=True,
-        )
-
-
-def _sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------
 # Datasets: which one, and where it lives in the cache
 # ---------------------------------------------------------------------------
@@ -179,7 +140,7 @@ def parse_dataset(spec: str) -> Source:
     if os.path.isdir(spec):
         path = os.path.abspath(spec)
         base = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(path.rstrip(os.sep))) or "root"
-        return Source("dir", path, f"dir-{base}-{_sha256_hex(path.encode())[:8]}")
+        return Source("dir", path, f"dir-{base}-{arkit.sha256_hex(path.encode())[:8]}")
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", spec):
         owner, name = spec.split("/")
         return Source("hub", spec, f"hub-{owner}--{name}")
@@ -210,14 +171,6 @@ class Prepared:
     @property
     def has_heldout(self) -> bool:
         return bool(self.heldout_files)
-
-
-def _read_manifest(directory: str) -> dict | None:
-    try:
-        with open(os.path.join(directory, "manifest.json"), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def _prepared_from_manifest(directory: str, m: dict) -> Prepared:
@@ -258,7 +211,7 @@ def load_prepared(dataset: str | None = None) -> Prepared:
         except ValueError as e:
             sys.exit(f"error: AUTORESEARCH_DATASET: {e}")
     directory = os.path.join(PRETRAIN_DIR, slug)
-    m = _read_manifest(directory)
+    m = arkit.read_manifest(directory)
     if m is None:
         sys.exit(NOT_PREPARED.format(where=directory, dataset=spec))
     return _prepared_from_manifest(directory, m)
@@ -283,7 +236,7 @@ def _stdlib_files() -> list[tuple[str, str]]:
             if name.endswith(LOCAL_SUFFIXES):
                 path = os.path.join(dirpath, name)
                 found.append((os.path.relpath(path, root).replace(os.sep, "/"), path))
-    found.sort(key=lambda rel_abs: _sha256_hex(rel_abs[0].encode()))
+    found.sort(key=lambda rel_abs: arkit.sha256_hex(rel_abs[0].encode()))
     return found
 
 
@@ -321,15 +274,10 @@ def split_documents(text: str, max_chars: int = LOCAL_DOC_CHARS) -> list[str]:
     return [d.strip("\n") for d in docs if d.strip()]
 
 
-def _band(key: str) -> int:
-    """A stable pseudo-random number in [0, 100) for a file path or a document's text."""
-    return int(_sha256_hex(key.encode())[:8], 16) % 100
-
-
 def _is_heldout_doc(text: str) -> bool:
     """Of the documents in a hub/dir source's val files, those that belong to the heldout split. The hash is
-    salted, so it is independent of _band (which chose the val documents of single-file sources)."""
-    return _band("heldout\0" + text) < HELDOUT_OF_VAL_PERCENT
+    salted, so it is independent of the unsalted one that chose the val documents of single-file sources."""
+    return arkit.split_of(text, {"heldout": HELDOUT_OF_VAL_PERCENT}, rest="val", salt="heldout") == "heldout"
 
 
 def _is_val_doc(text: str) -> bool:
@@ -366,9 +314,10 @@ def local_corpus(max_bytes: int | None = None) -> LocalCorpus:
     if len(files) < 3:
         raise RuntimeError(f"found only {len(files)} usable text files in {sysconfig.get_paths()['stdlib']}")
     names = [rel for rel, _ in files]
+    share = {rel: arkit.split_of(rel, {"val": VAL_PERCENT, "heldout": HELDOUT_PERCENT}) for rel in names}
     # A tiny corpus may hash no file into a share, or every file: each split still gets at least one.
-    val_names = [rel for rel in names if _band(rel) < VAL_PERCENT][: len(names) - 2] or names[:1]
-    heldout_names = [rel for rel in names if rel not in val_names and _band(rel) < VAL_PERCENT + HELDOUT_PERCENT]
+    val_names = [rel for rel in names if share[rel] == "val"][: len(names) - 2] or names[:1]
+    heldout_names = [rel for rel in names if rel not in val_names and share[rel] != "train"]
     heldout_names = heldout_names[: len(names) - 1 - len(val_names)] or [
         next(rel for rel in names if rel not in val_names)
     ]
@@ -378,7 +327,7 @@ def local_corpus(max_bytes: int | None = None) -> LocalCorpus:
     train, val, heldout = [], [], []
     val_set, heldout_set = set(val_names), set(heldout_names)
     for rel, text in files:
-        digest.update(f"{rel}\0{_sha256_hex(text.encode('utf-8'))}\n".encode())
+        digest.update(f"{rel}\0{arkit.sha256_hex(text.encode('utf-8'))}\n".encode())
         split = val if rel in val_set else heldout if rel in heldout_set else train
         split.extend(split_documents(text))
     # Boilerplate (license headers, codec tables, `if __name__ == "__main__":` tails) recurs across files:
@@ -407,8 +356,8 @@ def _write_shards(docs: list[str], directory: str, prefix: str, docs_per_shard: 
     for i, start in enumerate(range(0, max(1, len(docs)), docs_per_shard)):
         name = f"{prefix}_{i:05d}.parquet"
         path = os.path.join(directory, name)
-        pq.write_table(pa.table({"text": docs[start : start + docs_per_shard]}), path + ".tmp", row_group_size=1024)
-        os.replace(path + ".tmp", path)
+        with arkit.atomic_output(path) as tmp:
+            pq.write_table(pa.table({"text": docs[start : start + docs_per_shard]}), tmp, row_group_size=1024)
         names.append(name)
     return names
 
@@ -418,59 +367,25 @@ def _write_shards(docs: list[str], directory: str, prefix: str, docs_per_shard: 
 # ---------------------------------------------------------------------------
 
 
-class PrepareError(RuntimeError):
-    """A preparation failure with a message meant for the user (printed without a traceback)."""
+# A preparation failure with a message meant for the user (printed without a traceback). The kit's Hub
+# functions raise the same type, so that one `except` covers both.
+PrepareError = arkit.KitError
+
+OFFLINE_HINT = (
+    "If this machine is offline, use `--dataset local` (built from files already here) "
+    "or `--dataset /path/to/parquet/dir`."
+)
 
 
 def _hub_revision(repo_id: str, revision: str | None = None) -> str:
-    """Resolve the dataset's commit. Fails fast, with a clear message, when offline or misnamed."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
-
-    try:
-        return HfApi().repo_info(repo_id, repo_type="dataset", revision=revision).sha
-    except (RepositoryNotFoundError, GatedRepoError) as e:
-        raise PrepareError(
-            f"the Hub has no dataset {repo_id} that this machine may read ({type(e).__name__}); check the "
-            "name, or log in (`hf auth login`) for private and gated datasets"
-        ) from e
-    except RevisionNotFoundError as e:
-        raise PrepareError(f"dataset {repo_id} has no revision {revision}") from e
-    except Exception as e:  # noqa: BLE001 - any other failure means "cannot use the hub now"; say why
-        raise PrepareError(
-            f"cannot reach the Hugging Face Hub for dataset {repo_id} ({type(e).__name__}: {e}). "
-            "If this machine is offline, use `--dataset local` (built from files already here) "
-            "or `--dataset /path/to/parquet/dir`."
-        ) from e
+    """The dataset's commit; fails fast, with a clear message, when offline or misnamed."""
+    return arkit.hub_revision(repo_id, revision, offline_hint=OFFLINE_HINT)
 
 
-def _hub_download(repo_id: str, filename: str, revision: str, local_dir: str, attempts: int = 4) -> str:
-    """Download one file into local_dir. huggingface_hub resumes partial downloads (.incomplete files) and
-    shows a byte progress bar; on top of its own request retries we retry the whole file a few times,
-    visibly, because shard downloads are long and a dropped connection should not end the preparation."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    for attempt in range(1, attempts + 1):
-        try:
-            return hf_hub_download(repo_id, filename, repo_type="dataset", revision=revision, local_dir=local_dir)
-        except (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError, GatedRepoError) as e:
-            raise PrepareError(f"{repo_id}/{filename}: {type(e).__name__}: {e}") from e
-        except Exception as e:  # noqa: BLE001 - network errors come in many types; all are worth a retry
-            if attempt == attempts:
-                raise PrepareError(
-                    f"download of {repo_id}/{filename} failed {attempts} times ({type(e).__name__}: {e}); "
-                    "rerun prepare.py to resume, or use `--dataset local` offline"
-                ) from e
-            wait = 2**attempt
-            _say(f"  attempt {attempt}/{attempts} for {filename} failed ({type(e).__name__}); retrying in {wait}s")
-            time.sleep(wait)
-    raise AssertionError("unreachable")
+def _hub_download(repo_id: str, filename: str, revision: str, local_dir: str) -> str:
+    """One file of the pinned revision into local_dir, resumed and retried by the kit."""
+    retry_hint = "rerun prepare.py to resume, or use `--dataset local` offline"
+    return arkit.hub_download(repo_id, filename, revision, local_dir, retry_hint=retry_hint)
 
 
 _EVAL_NAME = r"(^|[/_.-])({})([/_.-]|$)"
@@ -505,7 +420,8 @@ def _split_single_file(path: str, out_dir: str) -> tuple[list[str], list[str]]:
     train, val = [], []
     for text in pq.read_table(path, columns=["text"]).column("text").to_pylist():
         if text:
-            (val if _band(text) < VAL_PERCENT + HELDOUT_PERCENT else train).append(text)
+            held_out = arkit.split_of(text, {"val": VAL_PERCENT + HELDOUT_PERCENT}) == "val"
+            (val if held_out else train).append(text)
     if not val or not train:
         raise PrepareError(f"{path}: too few documents to hold out a validation split")
     return _write_shards(train, out_dir, "train"), _write_shards(val, out_dir, "val")
@@ -521,16 +437,6 @@ class _Layout:
     heldout_in_val: bool  # heldout == val, and _is_heldout_doc splits their documents
     content: str  # content fingerprint
     info: dict
-
-
-def _file_digest(paths: list[str]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(os.path.basename(path).encode() + b"\0")
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def _fetch_hub(source: Source, out_dir: str, num_shards: int) -> _Layout:
@@ -556,10 +462,10 @@ def _fetch_hub(source: Source, out_dir: str, num_shards: int) -> _Layout:
         if num_shards >= 0:
             train = train[:num_shards]
     wanted = train + val + heldout
-    _say(f"Data: {len(wanted)} files from {source.name}@{revision[:12]} into {raw_dir}")
+    arkit.echo(f"Data: {len(wanted)} files from {source.name}@{revision[:12]} into {raw_dir}")
     for i, name in enumerate(wanted, 1):
         if not os.path.exists(os.path.join(raw_dir, name)):
-            _say(f"  [{i}/{len(wanted)}] {name}")
+            arkit.echo(f"  [{i}/{len(wanted)}] {name}")
         _hub_download(source.name, name, revision, raw_dir)
     for name in wanted:
         _check_text_column(os.path.join(raw_dir, name))
@@ -567,7 +473,7 @@ def _fetch_hub(source: Source, out_dir: str, num_shards: int) -> _Layout:
     val_paths = [os.path.join("raw", p) for p in val]
     if not val:
         train_paths, val_paths = _split_single_file(os.path.join(out_dir, train_paths[0]), out_dir)
-    content = _sha256_hex((f"{source.name}@{revision}:" + ",".join(wanted)).encode())
+    content = arkit.sha256_hex((f"{source.name}@{revision}:" + ",".join(wanted)).encode())
     info = {"source": f"{source.name}@{revision}"}
     if heldout:  # climbmix: a pinned shard of its own
         return _Layout(train_paths, val_paths, [os.path.join("raw", p) for p in heldout], False, content, info)
@@ -588,7 +494,7 @@ def _scan_dir(source: Source, out_dir: str, num_shards: int) -> _Layout:
     val_paths = [os.path.join(source.name, p) for p in val]
     for p in train_paths + val_paths:
         _check_text_column(p)
-    fingerprint = _file_digest(train_paths + val_paths)
+    fingerprint = arkit.file_digest(train_paths + val_paths)
     if not val_paths:
         train_paths, val_paths = _split_single_file(train_paths[0], out_dir)
     return _Layout(train_paths, val_paths, val_paths, True, fingerprint, {"source": source.name})
@@ -622,7 +528,7 @@ def train_tokenizer(texts, vocab_size: int, out_dir: str, total_docs: int = 0) -
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + special tokens)")
     os.makedirs(out_dir, exist_ok=True)
-    progress = _Progress("Tokenizer: reading", total_docs, " docs")
+    progress = arkit.Progress("Tokenizer: reading", total_docs, " docs")
 
     def counted(it):
         for text in it:
@@ -636,14 +542,14 @@ def train_tokenizer(texts, vocab_size: int, out_dir: str, total_docs: int = 0) -
     ranks = {bytes(token): rank for token, rank in bpe.get_mergeable_ranks()}
     specials = {name: len(ranks) + i for i, name in enumerate(SPECIAL_TOKENS)}
     enc = tiktoken.Encoding(name="autoresearch", pat_str=bpe.get_pattern(), mergeable_ranks=ranks, special_tokens=specials)
-    _say(f"Tokenizer: {enc.n_vocab} tokens trained in {time.time() - t0:.1f}s")
+    arkit.echo(f"Tokenizer: {enc.n_vocab} tokens trained in {time.time() - t0:.1f}s")
 
     # tiktoken's own BPE file format (base64 token, space, rank), written here because tiktoken's writer
     # needs the optional blobfile package.
     lines = [f"{base64.b64encode(token).decode()} {rank}" for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])]
-    _atomic_write_text(os.path.join(out_dir, "tokenizer.tiktoken"), "\n".join(lines) + "\n")
+    arkit.atomic_write_text(os.path.join(out_dir, "tokenizer.tiktoken"), "\n".join(lines) + "\n")
     settings = {"pattern": enc._pat_str, "special_tokens": specials, "bos": BOS_TOKEN}
-    _atomic_write_text(os.path.join(out_dir, "tokenizer.json"), json.dumps(settings, indent=1))
+    arkit.atomic_write_text(os.path.join(out_dir, "tokenizer.json"), json.dumps(settings, indent=1))
 
     # Bytes per token for bits-per-byte; special tokens count 0 bytes and so drop out of the metric.
     # decode_single_token_bytes is exact even for tokens that end inside a multi-byte character.
@@ -654,7 +560,7 @@ def train_tokenizer(texts, vocab_size: int, out_dir: str, total_docs: int = 0) -
     ids = enc.encode_ordinary(sample)
     assert enc.decode(ids) == sample, "tokenizer round trip failed"
     assert sum(token_bytes[i] for i in ids) == len(sample.encode("utf-8")), "token byte table is inconsistent"
-    _say("Tokenizer: round-trip sanity check passed")
+    arkit.echo("Tokenizer: round-trip sanity check passed")
     return enc
 
 
@@ -821,7 +727,7 @@ def prepare(
         "num_shards": num_shards if source.kind != "local" else None,
         "eval_tokens": eval_tokens,
     }
-    old = _read_manifest(out_dir)
+    old = arkit.read_manifest(out_dir)
     unchanged = old is not None and old.get("params") == params
     if unchanged and not force and not old.get("heldout_files"):
         raise PrepareError(NO_HELDOUT.format(where=out_dir, dataset=spec))
@@ -830,11 +736,11 @@ def prepare(
         unchanged = old.get("content_fingerprint") == local.fingerprint  # the stdlib changes with the Python version
     if unchanged and not force:
         prepared = _prepared_from_manifest(out_dir, old)
-        _atomic_write_text(LAST_PREPARED, source.slug + "\n")
-        _say(f"Data: already prepared: {spec} (fingerprint {prepared.fingerprint}) at {out_dir}")
+        arkit.atomic_write_text(LAST_PREPARED, source.slug + "\n")
+        arkit.echo(f"Data: already prepared: {spec} (fingerprint {prepared.fingerprint}) at {out_dir}")
         return prepared
     if old is not None:
-        _say(f"Data: rebuilding {out_dir} ({'forced' if force else 'settings or content changed'})")
+        arkit.echo(f"Data: rebuilding {out_dir} ({'forced' if force else 'settings or content changed'})")
         os.remove(os.path.join(out_dir, "manifest.json"))
     os.makedirs(out_dir, exist_ok=True)
     os.makedirs(PRETRAIN_DIR, exist_ok=True)
@@ -842,7 +748,7 @@ def prepare(
     t0 = time.time()
     if local is not None:
         info = local.info
-        _say(f"Data: local corpus from {info['source']}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB")
+        arkit.echo(f"Data: local corpus from {info['source']}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB")
         for stale in os.listdir(out_dir):
             if stale.endswith(".parquet"):
                 os.remove(os.path.join(out_dir, stale))
@@ -881,7 +787,7 @@ def prepare(
     train_tokenizer(_iter_parquet_texts(train_abs), vocab_size, tok_dir, total_docs=total_docs)
 
     splits = f"splits=v2 heldout_of_val={HELDOUT_OF_VAL_PERCENT}" if layout.heldout_in_val else "splits=v2"
-    fingerprint = _sha256_hex(f"{layout.content} vocab={vocab_size} eval={eval_tokens} {splits}".encode())[:16]
+    fingerprint = arkit.fingerprint(layout.content, f"vocab={vocab_size}", f"eval={eval_tokens}", splits)
     manifest = {
         "format": 2,
         "dataset": spec,
@@ -902,9 +808,9 @@ def prepare(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **layout.info,
     }
-    _atomic_write_text(os.path.join(out_dir, "manifest.json"), json.dumps(manifest, indent=1))
-    _atomic_write_text(LAST_PREPARED, source.slug + "\n")
-    _say(
+    arkit.write_manifest(out_dir, manifest)
+    arkit.atomic_write_text(LAST_PREPARED, source.slug + "\n")
+    arkit.echo(
         f"Data: prepared {spec} in {time.time() - t0:.1f}s: {total_docs:,} train / {val_docs:,} val / "
         f"{heldout_docs:,} heldout documents, fingerprint {fingerprint}, at {out_dir}"
     )
@@ -963,28 +869,19 @@ def _main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr, flush=True)
             return 1
         return 0
-    _say(f"Cache: {PRETRAIN_DIR}")
+    arkit.echo(f"Cache: {PRETRAIN_DIR}")
     try:
         prepare(args.dataset, args.vocab_size, args.max_bytes, args.num_shards, args.eval_tokens, args.force)
     except (PrepareError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
-    _say("Done: ready to train (python train.py)")
+    arkit.echo("Done: ready to train (python train.py)")
     return 0
 
 
 # ---------------------------------------------------------------------------
 # Evaluation (DO NOT CHANGE: this is the fixed metric)
 # ---------------------------------------------------------------------------
-
-
-def _report(name: str, value: float) -> None:
-    """The harness's result channel: with metric_source = "result_file" it takes val_bpb only from here,
-    so a number printed by train.py cannot stand in for this evaluation."""
-    result_file = os.environ.get("AUTORESEARCH_RESULT_FILE")
-    if result_file:
-        with open(result_file, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"name": name, "value": value}) + "\n")
 
 
 @torch.no_grad()
@@ -1026,7 +923,7 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
     The value is also appended to $AUTORESEARCH_RESULT_FILE as val_bpb.
     """
     bpb = _bpb_on_split(model, tokenizer, batch_size, split="val")
-    _report("val_bpb", bpb)
+    arkit.report("val_bpb", bpb)  # the harness's channel: with metric_source = "result_file", its only source
     return bpb
 
 
@@ -1037,16 +934,15 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
 
 _CHECKPOINT_MODULE = "_autoresearch_checkpoint_train"
 
-
-class _HeldoutError(Exception):
-    """Why a checkpoint cannot be evaluated: printed as one line, exit status 1."""
+# Why a checkpoint cannot be evaluated: printed as one line, exit status 1 (the kit raises it too).
+_HeldoutError = arkit.CheckpointError
 
 
 def _checkpoint_data(config: dict) -> Prepared:
     """The prepared dataset the checkpoint was trained on, which must still be the one prepared."""
     tokenizer_dir = config.get("tokenizer_dir")
     directory = os.path.dirname(os.path.normpath(tokenizer_dir)) if isinstance(tokenizer_dir, str) else None
-    manifest = _read_manifest(directory) if directory else None
+    manifest = arkit.read_manifest(directory) if directory else None
     if manifest is not None:
         prepared = _prepared_from_manifest(directory, manifest)
     else:  # the cache moved: the dataset the checkpoint names, found as train.py finds it
@@ -1065,28 +961,25 @@ def _checkpoint_data(config: dict) -> Prepared:
 
 def _checkpoint_model(checkpoint: str, config: dict, device: torch.device) -> tuple[torch.nn.Module, int]:
     """(model with the checkpoint's weights, in eval mode on device, eval batch size), built by the
-    checkpoint's own train.py, imported under a private name so that its training does not run."""
-    sys.modules.setdefault("prepare", sys.modules[__name__])  # its `from prepare import` gets this module
-    path = os.path.join(checkpoint, "train.py")
-    spec = importlib.util.spec_from_file_location(_CHECKPOINT_MODULE, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[_CHECKPOINT_MODULE] = module
-    try:
-        spec.loader.exec_module(module)
+    checkpoint's own train.py: GPT(GPTConfig(**config["model"]), attention), attention from its
+    pick_attention(device, False). Its `from prepare import` gets this module."""
+
+    def build(module):
         model_config = module.GPTConfig(**config["model"])
         pick = getattr(module, "pick_attention", None)
         attention = pick(device, False)[0] if callable(pick) else None
-        model = module.GPT(model_config, attention) if attention is not None else module.GPT(model_config)
-        state = torch.load(os.path.join(checkpoint, "model.pt"), map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - whatever the saved code does wrong, say it in one line
-        why = (str(e).strip().splitlines() or [""])[0][:300]
-        raise _HeldoutError(f"cannot rebuild the model with {path}: {type(e).__name__}: {why}") from e
-    finally:
-        sys.modules.pop(_CHECKPOINT_MODULE, None)
+        return module.GPT(model_config, attention) if attention is not None else module.GPT(model_config)
+
+    model, module = arkit.load_checkpoint_model(
+        checkpoint, build, module_name=_CHECKPOINT_MODULE, aliases={"prepare": sys.modules[__name__]}
+    )
     try:  # the batch size changes only speed and memory, never the metric
-        batch_size = int(getattr(module, "EVAL_BATCH_SIZE", 0) or module.PRESETS[config["preset"]]["device_batch"])
-    except Exception:  # noqa: BLE001 - an edited train.py may lack either; any positive size is correct
+        batch_size = int(
+            getattr(module, "EVAL_BATCH_SIZE", 0)
+            or config.get("device_batch")
+            or module.PRESETS[config["preset"]]["device_batch"]  # checkpoints saved before device_batch was
+        )
+    except Exception:  # noqa: BLE001 - an edited train.py may lack any of these; any positive size is correct
         batch_size = 8
     return model.to(device).eval(), max(1, batch_size)
 
@@ -1097,18 +990,7 @@ def evaluate_heldout(checkpoint_dir: str | None = None) -> float:
     Prints `METRIC heldout_bpb=...` and appends it to $AUTORESEARCH_RESULT_FILE. Raises _HeldoutError."""
     t0 = time.time()
     checkpoint = os.path.abspath(checkpoint_dir or CHECKPOINT_DIR)
-    if not os.path.isdir(checkpoint):
-        raise _HeldoutError(f"no checkpoint at {checkpoint} (train.py saves one at the end of a run)")
-    missing = [n for n in ("config.json", "model.pt", "train.py") if not os.path.isfile(os.path.join(checkpoint, n))]
-    if missing:
-        raise _HeldoutError(f"{checkpoint} is not a complete checkpoint: no {' or '.join(missing)}")
-    try:
-        with open(os.path.join(checkpoint, "config.json"), encoding="utf-8") as f:
-            config = json.load(f)
-        if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
-            raise ValueError("no `model` settings")
-    except (OSError, ValueError) as e:
-        raise _HeldoutError(f"{checkpoint}/config.json is not a checkpoint config: {e}") from e
+    config = arkit.read_checkpoint(checkpoint, ("config.json", "model.pt", "train.py"), required=("model",))
     prepared = _checkpoint_data(config)
     device = torch.device("cuda" if ON_CUDA else "cpu")
     model, batch_size = _checkpoint_model(checkpoint, config, device)
@@ -1116,27 +998,22 @@ def evaluate_heldout(checkpoint_dir: str | None = None) -> float:
     use_bf16 = ON_CUDA and torch.cuda.is_bf16_supported()  # as train.py trains and evaluates on CUDA
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     t_eval = time.time()
-    while True:
-        try:
-            with autocast:
-                bpb = _bpb_on_split(model, tokenizer, batch_size, split="heldout")
-            break
-        except torch.cuda.OutOfMemoryError:  # eager evaluation holds more than train.py's compiled one
-            if batch_size == 1:
-                raise
-            batch_size //= 2
-            torch.cuda.empty_cache()
-            _say(f"heldout: out of GPU memory; again with batches of {batch_size} rows (the metric does not change)")
+
+    def heldout_bpb(rows: int) -> float:
+        with autocast:
+            return _bpb_on_split(model, tokenizer, rows, split="heldout")
+
+    bpb = arkit.halve_batch_on_oom(heldout_bpb, batch_size, label="heldout")
     if not math.isfinite(bpb):
         raise _HeldoutError(f"heldout_bpb of {checkpoint} is {bpb}")
     val_bpb = config.get("val_bpb")
-    _say(
+    arkit.echo(
         f"heldout: {prepared.eval_tokens:,} tokens of {prepared.dataset} (fingerprint {prepared.fingerprint}) in "
         f"{time.time() - t_eval:.1f}s, {time.time() - t0:.1f}s in all; checkpoint {checkpoint}"
         + (f", val_bpb {val_bpb:.6f}" if isinstance(val_bpb, int | float) else "")
     )
-    _say(f"METRIC heldout_bpb={bpb:.10g}")
-    _report("heldout_bpb", bpb)
+    arkit.echo(f"METRIC heldout_bpb={bpb:.10g}")
+    arkit.report("heldout_bpb", bpb)
     return bpb
 
 
