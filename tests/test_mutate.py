@@ -362,3 +362,63 @@ def test_every_proposal_on_the_realistic_block_parses(seed: int, run: int) -> No
     assert plan is not None and 1 <= len(plan.changes) <= 2 and "SEED" not in {c.name for c in plan.changes}
     out = apply_changes(BLOCK, cs, plan.changes)  # raises if it does not read back
     ast.parse(out)
+
+
+# ---------------------------------------------------------------- the tunable block
+
+
+MARKED = '''"""Docstring that talks about markers:
+# tunable: begin
+is inside a string here, so it is not one."""
+LOG_EVERY = 5.0               # plumbing, before the block
+# tunable: begin (the knobs)
+LR = 0.04                     # tuned
+DEPTH = 8                     # tuned
+# tunable: end
+EVAL_BATCH = 32               # plumbing, after the block
+'''
+
+
+def test_only_the_marked_block_is_tunable() -> None:
+    cs = parse_constants(MARKED)
+    assert list(cs) == ["LOG_EVERY", "LR", "DEPTH", "EVAL_BATCH"]  # all parsed: the point describes the file
+    assert {n for n, c in cs.items() if c.tunable} == {"LR", "DEPTH"}
+    # no markers: the whole file is tunable, as before; a begin without an end runs to the end of the file
+    assert all(c.tunable for c in parse_constants(BLOCK).values())
+    open_ended = MARKED.replace("# tunable: end\n", "")
+    assert {n for n, c in parse_constants(open_ended).items() if c.tunable} == {"LR", "DEPTH", "EVAL_BATCH"}
+
+
+def test_plumbing_outside_the_block_is_never_proposed(tmp_path: Path) -> None:
+    proposed = set()
+    for seed in range(150):
+        (tmp_path / "train.py").write_text(MARKED)
+        p = MutateAgent().propose(_ctx(tmp_path, 1, [], seed))
+        proposed |= {c["name"] for c in p.asi["mutation"]["changes"]}
+        assert set(p.asi["point"]) == {"LOG_EVERY", "LR", "DEPTH", "EVAL_BATCH"}
+    assert proposed == {"LR", "DEPTH"}
+    (tmp_path / "train.py").write_text("# tunable: begin\n# tunable: end\nLOG_EVERY = 5.0\n")
+    with pytest.raises(AgentError, match="tunable: begin"):
+        MutateAgent().propose(_ctx(tmp_path, 1, []))
+
+
+PRETRAIN_TRAIN = Path(__file__).resolve().parent.parent / "assets" / "pretrain" / "train.py"
+PLUMBING = {"EVAL_BATCH_SIZE", "LOG_EVERY_S", "COMPILE", "ATTENTION", "UNTIMED_STEPS", "SEED"}
+
+
+def test_real_pretrain_train_py_proposes_hyperparameters_only(tmp_path: Path) -> None:
+    """On the shipped pretrain train.py, mutate proposes model size and optimization constants and never a
+    plumbing constant: a change to one costs a full run and cannot move val_bpb (an offline session once
+    'kept' LOG_EVERY_S 10 -> 15)."""
+    source = PRETRAIN_TRAIN.read_text(encoding="utf-8")
+    cs = parse_constants(source)
+    tunable = {n for n, c in cs.items() if c.tunable}
+    assert {"DEPTH", "ASPECT_RATIO", "HEAD_DIM", "DEVICE_BATCH_SIZE", "TOTAL_BATCH_SIZE", "MATRIX_LR",
+            "WARMDOWN_RATIO"} <= tunable
+    assert not tunable & PLUMBING and {"EVAL_BATCH_SIZE", "LOG_EVERY_S"} <= set(cs)  # parsed, but not tunable
+    proposed = set()
+    for seed in range(60):
+        (tmp_path / "train.py").write_text(source)
+        p = MutateAgent().propose(_ctx(tmp_path, 2, [], seed))
+        proposed |= {c["name"] for c in p.asi["mutation"]["changes"]}
+    assert not proposed & PLUMBING and {"DEPTH", "TOTAL_BATCH_SIZE", "MATRIX_LR"} <= proposed

@@ -13,15 +13,30 @@ function, a class or a module-level if/for/with/try block is left alone, and so 
 constant that is bound anywhere else at module scope (a device preset such as
 `if DEVICE == "cpu": DEPTH = 4`, or `global DEPTH` in a function): the edited default could be
 overridden on the machine that runs it, and the run would measure nothing.
+
+What is proposed: a file may mark its tunable block with two full-line comments,
+
+    # tunable: begin (anything may follow)
+    DEPTH = 8
+    MATRIX_LR = 0.04
+    # tunable: end
+
+and then only the constants between them are changed. The rest of the file's constants (plumbing
+such as an evaluation batch size, a logging period, a compile switch: they change how a run executes
+or reports, never what it learns) stay part of the point, but are never proposed: a change to them
+costs a full run and measures nothing. A file without the markers is tuned whole; a `begin`
+without its `end` runs to the end of the file. SEED is never proposed either.
 """
 
 from __future__ import annotations
 
 import ast
+import io
 import itertools
 import math
 import random
 import re
+import tokenize
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +50,7 @@ Strategy = Literal["exploit", "explore"]
 Point = frozenset[tuple[str, Value]]
 
 _NAME = re.compile(r"[A-Z][A-Z0-9_]*\Z")
+_MARKER = re.compile(r"#\s*tunable\s*:\s*(begin|end)\b")  # a full-line comment that opens or closes the block
 _VALUE_TYPES = (bool, int, float)
 FLOAT_LADDER = (2.0, 1.5, 1.25)  # step factors; a constant moves down the ladder each time it pays off
 SIG_DIGITS = 4  # new floats are rounded so the file stays readable (0.05, not 0.05000000000000001)
@@ -56,6 +72,7 @@ class Constant:
     start: tuple[int, int]  # (line, utf-8 byte column) of the value, as ast reports it
     end: tuple[int, int]
     power_of_two_form: bool  # written as 2**k
+    tunable: bool = True  # inside the file's tunable block (or the file marks none): mutate may propose it
 
 
 @dataclass(frozen=True)
@@ -96,13 +113,15 @@ class Plan:
 
 def _literal(node: ast.expr) -> tuple[Value, bool] | None:
     """(value, written as 2**k) of a supported literal, or None."""
-    if isinstance(node, ast.Constant) and type(node.value) in _VALUE_TYPES:
+    value: Value
+    if isinstance(node, ast.Constant) and isinstance(node.value, _VALUE_TYPES) and type(node.value) in _VALUE_TYPES:
         value = node.value
         pow2_form = False
     elif (
         isinstance(node, ast.UnaryOp)
         and isinstance(node.op, ast.USub | ast.UAdd)
         and isinstance(node.operand, ast.Constant)
+        and isinstance(node.operand.value, int | float)
         and type(node.operand.value) in (int, float)
     ):
         value = -node.operand.value if isinstance(node.op, ast.USub) else node.operand.value
@@ -140,13 +159,44 @@ def _module_scope_bindings(tree: ast.Module) -> Counter[str]:
     return counts
 
 
+def tunable_lines(source: str) -> list[range] | None:
+    """The line ranges (1-based) of the file's tunable blocks, or None when it marks none (see the
+    module docstring). Markers are comments alone on their line, found by the tokenizer, so a
+    marker-like line inside a string is not one."""
+    blocks: list[range] = []
+    start: int | None = None
+    lines = source.splitlines()
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return None
+    for tok in tokens:
+        if tok.type != tokenize.COMMENT or lines[tok.start[0] - 1][: tok.start[1]].strip():
+            continue
+        m = _MARKER.match(tok.string)
+        if m and m.group(1) == "begin" and start is None:
+            start = tok.start[0]
+        elif m and m.group(1) == "end" and start is not None:
+            blocks.append(range(start, tok.start[0] + 1))
+            start = None
+    if start is not None:
+        blocks.append(range(start, len(lines) + 1))
+    found_any = any(_MARKER.match(t.string) for t in tokens if t.type == tokenize.COMMENT)
+    return blocks if found_any else None
+
+
 def parse_constants(source: str) -> dict[str, Constant]:
-    """The mutable constants of a module, in file order (see the module docstring for the rules).
+    """The constants of a module, in file order (see the module docstring for the rules), each marked
+    tunable or not by the file's tunable block.
 
     Raises SyntaxError if `source` does not parse.
     """
     tree = ast.parse(source)
     bindings = _module_scope_bindings(tree)
+    blocks = tunable_lines(source)
+    # ast's offsets are utf-8 bytes on lines ended by \n, \r\n or \r, which is how bytes.splitlines cuts;
+    # one split for the file, where ast.get_source_segment splits it again for every call.
+    lines = source.encode().splitlines(keepends=True)
     out: dict[str, Constant] = {}
     for stmt in tree.body:
         if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
@@ -158,14 +208,12 @@ def parse_constants(source: str) -> dict[str, Constant]:
         if not (isinstance(target, ast.Name) and _NAME.match(target.id) and bindings[target.id] == 1):
             continue
         literal = _literal(value_node)
-        text = ast.get_source_segment(source, value_node)
-        if (
-            literal is None
-            or text is None
-            or value_node.end_lineno is None
-            or value_node.end_col_offset is None
-        ):
+        if literal is None or value_node.end_lineno is None or value_node.end_col_offset is None:
             continue
+        first, last = value_node.lineno - 1, value_node.end_lineno - 1
+        span = b"".join(lines[first : last + 1])
+        cut = len(span) - len(lines[last]) + value_node.end_col_offset
+        text = span[value_node.col_offset : cut].decode()
         out[target.id] = Constant(
             name=target.id,
             value=literal[0],
@@ -173,6 +221,7 @@ def parse_constants(source: str) -> dict[str, Constant]:
             start=(value_node.lineno, value_node.col_offset),
             end=(value_node.end_lineno, value_node.end_col_offset),
             power_of_two_form=literal[1],
+            tunable=blocks is None or any(stmt.lineno in block for block in blocks),
         )
     return out
 
@@ -323,11 +372,12 @@ def choose_changes(
             for ch in a.changes:
                 paid.setdefault((ch.name, ch.step), []).append(a.run)
 
+    steps: tuple[Step, Step] = ("up", "down")
     moves = [
         (n, s)
         for n in constants
-        if not any(w in n for w in _NOT_TUNABLE)
-        for s in ("up", "down")
+        if constants[n].tunable and not any(w in n for w in _NOT_TUNABLE)
+        for s in steps
         if candidate_values(constants[n], s, level[n])
     ]
 
@@ -417,13 +467,14 @@ class MutateAgent:
             except SyntaxError as e:
                 problems.append(f"{rel} does not parse ({e.msg}, line {e.lineno})")
                 continue
-            if constants:
+            if any(c.tunable for c in constants.values()):
                 files[rel] = (source, constants)
         if not files:
             raise AgentError(
                 "no editable .py file has module-level UPPER_CASE numeric or boolean constants to mutate "
                 f"(editable: {', '.join(ctx.editable) or 'none'}{'; ' if problems else ''}{'; '.join(problems)}); "
-                "write hyperparameters as `NAME = value` at the top level, or use an LLM agent"
+                "write hyperparameters as `NAME = value` at the top level (inside the `# tunable: begin` / "
+                "`# tunable: end` block, if the file marks one), or use an LLM agent"
             )
         order = sorted(files)
         rng.shuffle(order)
