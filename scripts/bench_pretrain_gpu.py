@@ -6,13 +6,15 @@ Run on a machine with a CUDA GPU:
     .venv/bin/python scripts/bench_pretrain_gpu.py --dataset climbmix       # needs the HF Hub (or a warm cache)
     .venv/bin/python scripts/bench_pretrain_gpu.py --attention sdpa --budget 120 --json gpu.json
 
-It copies assets/pretrain/ into a temporary workspace, runs prepare.py (idempotent; cached in
-$AUTORESEARCH_CACHE_DIR, default ~/.cache/autoresearch) and then train.py unchanged, except for the
-ATTENTION / PRESET constants when --attention / --preset ask for another backend or preset. Numbers are
-only comparable between runs on the same GPU, dataset fingerprint and budget.
+It copies assets/pretrain/ and the kit into a temporary workspace, runs prepare.py (idempotent; cached in
+$AUTORESEARCH_CACHE_DIR, default ~/.cache/autoresearch) and then train.py unchanged, except for ATTENTION
+when --attention asks for another backend, and for SIZED_FOR and the five model-size constants when
+--preset names a row of train.py's PRESETS (written into them as they are). Numbers are only comparable
+between runs on the same GPU, dataset fingerprint and budget.
 """
 
 import argparse
+import ast
 import json
 import os
 import re
@@ -40,7 +42,23 @@ def set_constant(source: str, name: str, value: str) -> str:
     pattern = re.compile(rf"^({name}\s*=\s*)(\"[^\"]*\"|\S+)", re.M)
     if not pattern.search(source):
         raise SystemExit(f"train.py has no {name} constant")
-    return pattern.sub(lambda m: m.group(1) + json.dumps(value), source, count=1)
+    return pattern.sub(lambda m: m.group(1) + value, source, count=1)
+
+
+SIZE_CONSTANTS = {"depth": "DEPTH", "aspect": "ASPECT_RATIO", "head_dim": "HEAD_DIM",
+                  "device_batch": "DEVICE_BATCH_SIZE", "total_batch": "TOTAL_BATCH_SIZE"}
+
+
+def preset_row(source: str, name: str) -> dict:
+    """The row `name` of train.py's PRESETS table (dict(...) calls of int literals and powers)."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "PRESETS":
+            for key, row in zip(node.value.keys, node.value.values, strict=True):
+                if key.value == name:
+                    return {kw.arg: eval(compile(ast.Expression(kw.value), "PRESETS", "eval"), {"__builtins__": {}})
+                            for kw in row.keywords}
+            raise SystemExit(f"train.py's PRESETS has no row {name!r}")
+    raise SystemExit("train.py has no PRESETS table")
 
 
 def main() -> int:
@@ -48,7 +66,8 @@ def main() -> int:
     parser.add_argument("--dataset", default="local", help="what prepare.py --dataset gets (default local)")
     parser.add_argument("--budget", type=float, default=300.0, help="training seconds (default 300)")
     parser.add_argument("--attention", default="auto", choices=["auto", "fa3", "flex", "sdpa"])
-    parser.add_argument("--preset", default="auto", help="a PRESETS row of train.py, or auto")
+    parser.add_argument("--preset", default="auto",
+                        help="a PRESETS row of train.py to write into its size constants, or auto (as shipped)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
@@ -63,10 +82,15 @@ def main() -> int:
 
     ws = tempfile.mkdtemp(prefix="bench_pretrain_gpu_")
     shutil.copy(os.path.join(ASSETS, "prepare.py"), ws)
+    shutil.copy(os.path.join(os.path.dirname(ASSETS), "arkit.py"), ws)  # the fixed kit prepare.py imports
     with open(os.path.join(ASSETS, "train.py"), encoding="utf-8") as f:
         source = f.read()
-    source = set_constant(source, "ATTENTION", args.attention)
-    source = set_constant(source, "PRESET", args.preset)
+    source = set_constant(source, "ATTENTION", json.dumps(args.attention))
+    if args.preset != "auto":
+        row = preset_row(source, args.preset)
+        source = set_constant(source, "SIZED_FOR", json.dumps(args.preset))
+        for key, name in SIZE_CONSTANTS.items():
+            source = set_constant(source, name, str(row[key]))
     with open(os.path.join(ws, "train.py"), "w", encoding="utf-8") as f:
         f.write(source)
     env = {**os.environ, "AUTORESEARCH_SEED": str(args.seed), "AUTORESEARCH_TIME_BUDGET": str(args.budget)}

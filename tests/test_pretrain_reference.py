@@ -6,6 +6,7 @@ They load assets/pretrain/prepare.py and train.py by path (tests/conftest.py; ne
 name every target has) and build a tiny dataset in a temporary directory, so they need no prepared cache.
 """
 
+import contextlib
 import dataclasses
 import math
 
@@ -14,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn as nn
-from conftest import pretrain_prepare, pretrain_train
+from conftest import ASSETS, pretrain_prepare, pretrain_train
 
 prepare = pretrain_prepare()
 train = pretrain_train()
@@ -195,6 +196,85 @@ def test_gpt_learns_a_batch_and_every_parameter_trains():
     assert losses[-1] < 0.5 * losses[0], losses
     unchanged = [n for n, p in model.named_parameters() if torch.equal(p.detach(), before[n])]
     assert not unchanged, unchanged
+
+
+def _trained_after_warm_up(untimed: int, real_steps: int = 3) -> list[torch.Tensor]:
+    """The weights of a tiny model after train.warm_up(untimed steps) and then real_steps optimizer steps,
+    each on its own batch, as main() runs them."""
+    torch.manual_seed(10)
+    model = _tiny_model()
+    opt = train.build_optimizer(model, compile_steps=False)
+    batches = torch.randint(0, 97, (real_steps + 1, 4, 33))
+    initial = [p.detach().clone() for p in model.parameters()]
+    train.warm_up(model, model, opt, batches[0, :, :-1], batches[0, :, 1:], untimed, contextlib.nullcontext())
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), initial, strict=True)), "warm-up left updates"
+    assert not opt.state and all(p.grad is None for p in model.parameters())
+    for idx in batches[1:]:
+        model(idx[:, :-1], idx[:, 1:]).backward()
+        opt.step()
+        model.zero_grad(set_to_none=True)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_untimed_steps_train_nothing_off_the_clock():
+    """Raising UNTIMED_STEPS (warm-up steps the budget does not count) must not buy training: what the run
+    learns is bit for bit the same after 1 or 12 warm-up steps, and the same as with none at all."""
+    one, many, none = _trained_after_warm_up(1), _trained_after_warm_up(12), _trained_after_warm_up(0)
+    for a, b, c in zip(one, many, none, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert not all(torch.equal(a, b) for a, b in zip(one, _trained_after_warm_up(1, real_steps=4), strict=True))
+
+
+def test_plumbing_constants_sit_outside_the_tunable_block():
+    """UNTIMED_STEPS and the other plumbing constants are outside the block the offline agent tunes."""
+    source = (ASSETS / "pretrain" / "train.py").read_text(encoding="utf-8")
+    block = source[source.index("# tunable: begin"):source.index("# tunable: end")]
+    for name in ("UNTIMED_STEPS", "EVAL_BATCH_SIZE", "LOG_EVERY_S", "COMPILE", "ATTENTION"):
+        assert f"\n{name} = " in source and f"\n{name} = " not in block, name
+
+
+SIZE_CONSTANTS = {"DEPTH": "depth", "ASPECT_RATIO": "aspect", "HEAD_DIM": "head_dim",
+                  "DEVICE_BATCH_SIZE": "device_batch", "TOTAL_BATCH_SIZE": "total_batch"}
+
+
+def test_model_size_on_another_machine_follows_every_edit(monkeypatch):
+    """The shipped sizes are the 80gb row's. On a CPU the run scales the cpu row by them, so each value the
+    offline `mutate` agent may propose for a size constant changes what runs, in its direction (an edit lost
+    to the machine's preset would be a run that measures nothing); on the class named by SIZED_FOR the
+    constants are used as written."""
+    from harness.agents.mutate import candidate_values, parse_constants
+
+    cpu = torch.device("cpu")
+    base, preset, _ = train.model_size(cpu)
+    assert preset == "cpu" and base == {k: v for k, v in train.PRESETS["cpu"].items() if k != "min_gib"}
+    constants = parse_constants((ASSETS / "pretrain" / "train.py").read_text(encoding="utf-8"))
+    assert train.SIZED_FOR == "80gb"
+    for name, key in SIZE_CONSTANTS.items():
+        c = constants[name]
+        assert c.tunable and c.value == train.PRESETS["80gb"][key]
+        for step in ("up", "down"):
+            for value in candidate_values(c, step):
+                monkeypatch.setattr(train, name, value)
+                size = train.model_size(cpu)[0]
+                assert (size[key] > base[key]) if step == "up" else (size[key] < base[key]), (name, value, size)
+                assert {k: v for k, v in size.items() if k != key} == {k: v for k, v in base.items() if k != key}
+        monkeypatch.setattr(train, name, c.value)
+    monkeypatch.setattr(train, "DEPTH", 16)
+    assert train.model_size(cpu)[0]["depth"] == 4  # twice the 80gb depth: twice the cpu depth
+    monkeypatch.setattr(train, "SIZED_FOR", "cpu")
+    monkeypatch.setattr(train, "DEVICE_BATCH_SIZE", 4)
+    size, preset, why = train.model_size(cpu)
+    assert preset == "cpu" and size["depth"] == 16 and size["device_batch"] == 4 and why.startswith("train.py's")
+    # GPUs: sizes written for a smaller GPU fit a larger one as they are; for a larger one, they scale
+    monkeypatch.setattr(train, "machine_class", lambda device: ("80gb", "80 GiB of GPU memory"))
+    monkeypatch.setattr(train, "SIZED_FOR", "24gb")
+    written = dict(depth=16, aspect=64, head_dim=128, device_batch=4, total_batch=2**19)
+    assert train.model_size(cpu)[:2] == (written, "24gb")
+    monkeypatch.setattr(train, "machine_class", lambda device: ("16gb", "16 GiB of GPU memory"))
+    monkeypatch.setattr(train, "SIZED_FOR", "80gb")
+    monkeypatch.setattr(train, "DEVICE_BATCH_SIZE", 64)
+    assert train.model_size(cpu)[:2] == (dict(depth=16, aspect=64, head_dim=128, device_batch=8, total_batch=2**17),
+                                         "16gb")
 
 
 def test_gpu_peak_flops_table():

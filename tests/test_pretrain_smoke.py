@@ -79,6 +79,7 @@ def test_train_prints_val_bpb_and_saves_a_checkpoint(workspace, prepared):
     out = result.stdout
     assert re.search(r"^attention: sdpa", out, re.M) and re.search(r"^preset: cpu", out, re.M)
     assert re.search(r"^step 00000 ", out, re.M)  # progress lines, newline-terminated when not a TTY
+    assert re.search(r"^warmup: 1 step in [0-9.]+s, untimed and undone$", out, re.M)  # UNTIMED_STEPS["cpu"]
 
     block = out[out.rindex("\n---\n") + 5 :].splitlines()
     summary = dict(line.split(":", 1) for line in block if ":" in line and not line.startswith("METRIC"))
@@ -105,7 +106,7 @@ def test_train_prints_val_bpb_and_saves_a_checkpoint(workspace, prepared):
         str(ckpt), lambda m: m.GPT(m.GPTConfig(**config["model"]), m.SDPAAttention()),
         aliases={"prepare": pretrain_prepare()},
     )
-    assert model.config.n_layer == int(summary["depth"])
+    assert model.config.n_layer == int(summary["depth"]) and config["device_batch"] == 2
     assert module.__name__ not in sys.modules and "prepare" not in sys.modules  # nothing left registered
 
 

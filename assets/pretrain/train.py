@@ -43,28 +43,21 @@ from prepare import (
 # Hyperparameters (edit these directly; there are no command-line flags)
 # ---------------------------------------------------------------------------
 
-# Machine presets, after the seed's VRAM table. dim = depth * aspect, rounded up to a multiple of head_dim;
-# device_batch is in rows of MAX_SEQ_LEN tokens (2048 on CUDA, 256 elsewhere); total_batch is tokens per
-# optimizer step (gradient accumulation makes up the difference). The 32gb and 80gb rows keep karpathy's
-# depth-8 baseline (50M params, 45 GB peak, val_bpb 0.998 on an H100) instead of the table's depth 12/16,
-# which would see 2-4x fewer tokens in 300 s. On CPU the (tokens x vocab) logits dominate the cost, so the
-# cpu row is small, with 2-row micro-batches (logits that small are reused by the allocator instead of being
-# page-faulted in afresh each step: 2x faster) and many small steps. A 30 s sweep on 2 cores preferred
-# 2**10 tokens per step to 2**9, 2**11 and 2**12, and depth 2 / dim 128 to depth 4 / 128 and depth 3 / 192.
-PRESET = "auto"  # "auto": cpu / mps, or on CUDA the largest row whose min_gib fits the GPU; or name a row
-PRESETS = {
-    "cpu":  dict(min_gib=None, depth=2, aspect=64, head_dim=64,  device_batch=2,   total_batch=2**10),
-    "mps":  dict(min_gib=None, depth=4, aspect=64, head_dim=128, device_batch=16,  total_batch=2**14),  # untested
-    "4gb":  dict(min_gib=0,    depth=2, aspect=64, head_dim=128, device_batch=8,   total_batch=2**15),
-    "8gb":  dict(min_gib=6,    depth=4, aspect=64, head_dim=128, device_batch=16,  total_batch=2**16),
-    "12gb": dict(min_gib=10,   depth=6, aspect=64, head_dim=128, device_batch=16,  total_batch=2**17),
-    "16gb": dict(min_gib=14,   depth=8, aspect=64, head_dim=128, device_batch=16,  total_batch=2**17),
-    "24gb": dict(min_gib=20,   depth=8, aspect=64, head_dim=128, device_batch=32,  total_batch=2**18),
-    "32gb": dict(min_gib=28,   depth=8, aspect=64, head_dim=128, device_batch=64,  total_batch=2**18),
-    "80gb": dict(min_gib=60,   depth=8, aspect=64, head_dim=128, device_batch=128, total_batch=2**19),  # karpathy's baseline
-}
+# tunable: begin (the offline `mutate` agent proposes changes only to the constants from here to `tunable: end`)
 
-# Model (depth, width and head size come from the preset above)
+# Model size. On the machine class SIZED_FOR names (a row of PRESETS below), or a larger GPU, the run uses
+# these as written; they are karpathy's H100 sizes. On any other machine (a CPU, a smaller GPU) it scales that
+# machine's row of PRESETS by them: doubling DEPTH here doubles the depth it runs there, and any change moves
+# what runs by at least one. The `preset:` and `model:` lines say what ran. For exact sizes on such a machine,
+# write its row here and name it in SIZED_FOR.
+SIZED_FOR = "80gb"         # the PRESETS row the five constants below start from
+DEPTH = 8                  # transformer layers
+ASPECT_RATIO = 64          # model dim = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM
+HEAD_DIM = 128             # channels per attention head
+DEVICE_BATCH_SIZE = 128    # rows of MAX_SEQ_LEN tokens per micro-batch (2048 on CUDA, 256 elsewhere)
+TOTAL_BATCH_SIZE = 2**19   # tokens per optimizer step; gradient accumulation makes up the difference
+
+# Model
 WINDOW_PATTERN = "SSSL"    # per-layer attention window, repeated over depth: S short, L full; last layer is L
 SHORT_WINDOW_DIV = 2       # S layers see MAX_SEQ_LEN // SHORT_WINDOW_DIV keys
 ROPE_BASE = 10000.0        # rotary embedding base
@@ -85,11 +78,33 @@ WARMUP_RATIO = 0.0         # share of the time budget spent warming the LR up
 WARMDOWN_RATIO = 0.5       # share of the time budget spent decaying the LR
 FINAL_LR_FRAC = 0.0        # LR at the end, as a share of the peak
 
-# Run
-EVAL_BATCH_SIZE = 0        # rows per evaluation batch; 0 = the preset's device_batch (the metric does not depend on it)
+# tunable: end
+
+# Machine presets: the model size each machine class starts from, after the seed's VRAM table. The run picks
+# the row by device (cpu, mps) or, on CUDA, the largest row whose min_gib fits the GPU. The 32gb and 80gb rows
+# keep karpathy's depth-8 baseline (50M params, 45 GB peak, val_bpb 0.998 on an H100) instead of the table's
+# depth 12/16, which would see 2-4x fewer tokens in 300 s. On CPU the (tokens x vocab) logits dominate the
+# cost, so the cpu row is small, with 2-row micro-batches (logits that small are reused by the allocator
+# instead of being page-faulted in afresh each step: 2x faster) and many small steps. A 30 s sweep on 2 cores
+# preferred 2**10 tokens per step to 2**9, 2**11 and 2**12, and depth 2 / dim 128 to depth 4 / 128 and 3 / 192.
+PRESETS = {
+    "cpu":  dict(min_gib=None, depth=2, aspect=64, head_dim=64,  device_batch=2,   total_batch=2**10),
+    "mps":  dict(min_gib=None, depth=4, aspect=64, head_dim=128, device_batch=16,  total_batch=2**14),  # untested
+    "4gb":  dict(min_gib=0,    depth=2, aspect=64, head_dim=128, device_batch=8,   total_batch=2**15),
+    "8gb":  dict(min_gib=6,    depth=4, aspect=64, head_dim=128, device_batch=16,  total_batch=2**16),
+    "12gb": dict(min_gib=10,   depth=6, aspect=64, head_dim=128, device_batch=16,  total_batch=2**17),
+    "16gb": dict(min_gib=14,   depth=8, aspect=64, head_dim=128, device_batch=16,  total_batch=2**17),
+    "24gb": dict(min_gib=20,   depth=8, aspect=64, head_dim=128, device_batch=32,  total_batch=2**18),
+    "32gb": dict(min_gib=28,   depth=8, aspect=64, head_dim=128, device_batch=64,  total_batch=2**18),
+    "80gb": dict(min_gib=60,   depth=8, aspect=64, head_dim=128, device_batch=128, total_batch=2**19),  # karpathy's baseline
+}
+
+# Run plumbing: how the run executes and reports, never what it learns. Outside the tunable block: a change
+# here cannot move val_bpb, so an experiment on it would measure nothing.
+EVAL_BATCH_SIZE = 0        # rows per evaluation batch; 0 = DEVICE_BATCH_SIZE (the metric does not depend on it)
 COMPILE = "auto"           # torch.compile: "auto" = CUDA only (on 2 CPU cores: 1.6x faster steps, but ~30 s to build and a C++ compiler)
 ATTENTION = "auto"         # "auto" = fa3 > flex > sdpa by what this machine has; or force one of them
-UNTIMED_STEPS = {"cuda": 10, "mps": 2, "cpu": 1}  # first steps (compile, warmup) not counted in the budget
+UNTIMED_STEPS = {"cuda": 10, "mps": 2, "cpu": 1}  # warm-up steps before the clock starts (compile, allocator); undone, see warm_up
 LOG_EVERY_S = 5.0          # progress line period when stdout is not a terminal
 
 # ---------------------------------------------------------------------------
@@ -590,17 +605,42 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
-def pick_preset(device: torch.device) -> tuple[str, str]:
-    """(preset name, why)."""
-    if PRESET != "auto":
-        if PRESET not in PRESETS:
-            sys.exit(f"error: PRESET = {PRESET!r} is not one of {', '.join(PRESETS)}")
-        return PRESET, "set in train.py"
+def machine_class(device: torch.device) -> tuple[str, str]:
+    """(the PRESETS row of this machine, why): cpu or mps by device; on CUDA the largest row that fits."""
     if device.type != "cuda":
         return device.type, f"{device.type} device"
     gib = torch.cuda.get_device_properties(device).total_memory / 2**30
     fitting = [(p["min_gib"], name) for name, p in PRESETS.items() if p["min_gib"] is not None and gib >= p["min_gib"]]
     return max(fitting)[1], f"{gib:.0f} GiB of GPU memory"
+
+
+def scaled(base: int, written: int, reference: int) -> int:
+    """base * written / reference, rounded, at least 1; a written value other than the reference moves the
+    result at least one away from base, in the same direction (so no edit of a size is lost to rounding)."""
+    value = max(1, round(base * written / reference))
+    if written > reference:
+        value = max(value, base + 1)
+    elif written < reference:
+        value = max(1, min(value, base - 1))
+    return value
+
+
+def model_size(device: torch.device) -> tuple[dict, str, str]:
+    """(depth, aspect, head_dim, device_batch, total_batch; the PRESETS row; why): the constants as written
+    when SIZED_FOR is this machine's class or a smaller GPU's, else this machine's row scaled by them."""
+    if SIZED_FOR not in PRESETS:
+        sys.exit(f"error: SIZED_FOR = {SIZED_FOR!r} is not one of {', '.join(PRESETS)}")
+    machine, why = machine_class(device)
+    written = dict(depth=DEPTH, aspect=ASPECT_RATIO, head_dim=HEAD_DIM, device_batch=DEVICE_BATCH_SIZE,
+                   total_batch=TOTAL_BATCH_SIZE)
+    reference, here = PRESETS[SIZED_FOR], PRESETS[machine]
+    if machine == SIZED_FOR or (reference["min_gib"] is not None and here["min_gib"] is not None
+                                and reference["min_gib"] <= here["min_gib"]):
+        return written, SIZED_FOR, f"train.py's sizes; {why}"
+    size = {k: scaled(here[k], v, reference[k]) for k, v in written.items()}
+    edited = [k for k, v in written.items() if v != reference[k]]
+    how = f"scaled by train.py's {', '.join(edited)} against the {SIZED_FOR} row" if edited else "as in PRESETS"
+    return size, machine, f"{why}; train.py's sizes are for {SIZED_FOR}: this machine's row, {how}"
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -641,6 +681,32 @@ def save_checkpoint(directory: str, model: GPT, meta: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def warm_up(train_model, model: GPT, optimizer: MuonAdamW, x, y, steps: int, autocast) -> None:
+    """`steps` training steps on one batch before the clock starts, so that torch.compile builds its kernels
+    and the allocator settles untimed; then the weights and the optimizer state are put back exactly as they
+    were, and the data loader has not moved.
+
+    This is what keeps UNTIMED_STEPS from being a way to train off the clock: the budget counts training
+    time, and these steps are not timed, so none of what they learn is kept. Raised to any value, the run
+    trains the same weights as with one warm-up step (tests/test_pretrain_reference.py checks it bit for bit)
+    and only spends wall time, which the harness bounds (startup_allowance_s). It guards the knob, not the
+    loop: a train.py that stops undoing them, or stops counting time, is an edit to the training loop, bounded
+    by the same wall-clock allowance until evaluation moves out of this process.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    saved = [t.detach().clone() for t in tensors]
+    for _ in range(steps):
+        with autocast:
+            loss = train_model(x, y)
+        loss.backward()
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for t, s in zip(tensors, saved, strict=True):
+            t.copy_(s)
+    optimizer.state.clear()  # moments and step counts start from zero again, as before the first step
+
+
 # ---------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------
@@ -661,14 +727,13 @@ def main() -> None:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     compiled = COMPILE is True or (COMPILE == "auto" and device.type == "cuda")
 
-    preset_name, preset_why = pick_preset(device)
-    preset = PRESETS[preset_name]
+    size, preset_name, preset_why = model_size(device)
     prepared = load_prepared()  # exits with a one-line message if prepare.py has not run
     tokenizer = Tokenizer.from_prepared(prepared)
     vocab_size = tokenizer.get_vocab_size()
 
-    depth, head_dim = preset["depth"], preset["head_dim"]
-    model_dim = -(-depth * preset["aspect"] // head_dim) * head_dim
+    depth, head_dim = size["depth"], size["head_dim"]
+    model_dim = -(-depth * size["aspect"] // head_dim) * head_dim
     config = GPTConfig(
         vocab_size=vocab_size, sequence_len=MAX_SEQ_LEN, n_layer=depth, n_embd=model_dim, head_dim=head_dim,
         window_pattern=WINDOW_PATTERN, short_window=MAX_SEQ_LEN // SHORT_WINDOW_DIV, rope_base=ROPE_BASE,
@@ -683,7 +748,7 @@ def main() -> None:
     optimizer = build_optimizer(model, compile_steps=compiled)
     train_model = torch.compile(model, dynamic=False) if compiled else model
 
-    device_batch, total_batch = preset["device_batch"], preset["total_batch"]
+    device_batch, total_batch = size["device_batch"], size["total_batch"]
     tokens_per_micro = device_batch * MAX_SEQ_LEN
     if total_batch % tokens_per_micro:
         sys.exit(f"error: total_batch {total_batch} is not a multiple of device_batch * MAX_SEQ_LEN = {tokens_per_micro}")
@@ -701,11 +766,14 @@ def main() -> None:
 
     loader = make_dataloader(tokenizer, device_batch, MAX_SEQ_LEN, "train", device=device)
     x, y, epoch = next(loader)
-    untimed = UNTIMED_STEPS.get(device.type, 1)
+    say(f"startup: {time.time() - t_start:.1f}s")
+    untimed, t_warm = UNTIMED_STEPS.get(device.type, 1), time.time()
+    warm_up(train_model, model, optimizer, x, y, untimed, autocast)
+    sync(device)
+    say(f"warmup: {untimed} step{'s' * (untimed != 1)} in {time.time() - t_warm:.1f}s, untimed and undone")
     fail_loss = math.log(vocab_size) + 2.0  # worse than guessing uniformly: the run has diverged
     tty = sys.stdout.isatty()
     step, training_time, smooth_loss, last_log = 0, 0.0, 0.0, 0.0
-    say(f"startup: {time.time() - t_start:.1f}s")
 
     while True:
         sync(device)
@@ -733,8 +801,7 @@ def main() -> None:
             say(f"\nloss {loss_f:.4f} (smoothed {smoothed:.4f}) at step {step}: diverged")
             say("FAIL")
             sys.exit(1)
-        if step >= untimed:
-            training_time += dt
+        training_time += dt
         if step == 0:  # Python's cyclic GC pauses for ~0.5 s at random; everything long-lived exists by now
             gc.collect()
             gc.freeze()
@@ -754,14 +821,13 @@ def main() -> None:
             )
             say(f"\r{line}   " if tty else line, end="" if tty else "\n")
         step += 1
-        if step > untimed and training_time >= TIME_BUDGET:
+        if training_time >= TIME_BUDGET:
             break
     if tty:
         say()
 
     total_tokens = step * total_batch
-    timed_steps = max(1, step - untimed)
-    tok_per_s = timed_steps * total_batch / max(training_time, 1e-9)
+    tok_per_s = total_tokens / max(training_time, 1e-9)
     mfu = 100 * flops_per_token * tok_per_s / peak_flops if peak_flops else 0.0
     model.eval()
     eval_batch = EVAL_BATCH_SIZE or device_batch
@@ -774,6 +840,7 @@ def main() -> None:
     checkpoint = {
         "tokenizer_dir": prepared.tokenizer_dir, "dataset": prepared.dataset, "fingerprint": prepared.fingerprint,
         "val_bpb": val_bpb, "num_steps": step, "seed": SEED, "preset": preset_name, "time_budget": TIME_BUDGET,
+        "device_batch": device_batch,
     }
     try:
         save_checkpoint(CHECKPOINT_DIR, model, checkpoint)
