@@ -428,7 +428,10 @@ def polar_express(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
         X = X.mT  # iterate on the wide side so that X X^T is the smaller Gram matrix
     # The Frobenius norm bounds the spectral norm, so this puts every singular value in [0, 1/1.01].
     X = X / (X.norm(dim=(-2, -1), keepdim=True) * 1.01 + 1e-7)
-    for a, b, c in POLAR_EXPRESS_COEFFS[:steps]:
+    for i in range(steps):
+        # Past the table's last iteration, its polynomial again: by then the singular values are near 1,
+        # which it keeps them near, so more steps still mean a more orthogonal update, never the same one.
+        a, b, c = POLAR_EXPRESS_COEFFS[min(i, len(POLAR_EXPRESS_COEFFS) - 1)]
         A = X @ X.mT
         X = a * X + (b * A + c * (A @ A)) @ X
     return X.mT if tall else X
