@@ -52,6 +52,8 @@ RULES: tuple[Rule, ...] = (
          "reloads or re-imports modules dynamically"),
     Rule("fixed-name-redefined", r"^\s*(?:(?:def|class)\s+(?:{fixed_names})\b|(?:{fixed_names})\s*(?::[^=]*)?=(?!=))",
          "redefines a name of the fixed module (e.g. the evaluation function or EVAL_TOKENS)"),
+    Rule("kit-use", r"\barkit\b",
+         "uses the fixed kit (arkit.py), whose result-channel writer only the fixed evaluation may call"),
     Rule("result-channel", r"AUTORESEARCH_RESULT|\breport_result\b|_RESULT_FILE\b",
          "touches the channel through which only the fixed evaluation reports the metric"),
     Rule("harness-env", r"""\benviron\s*\[\s*["']AUTORESEARCH_\w+["']\s*\]\s*=(?!=)"""

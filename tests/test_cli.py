@@ -231,4 +231,4 @@ def test_pretrain_init_carries_the_targets_session_settings(tmp_path: Path) -> N
     assert (cfg.startup_allowance_s, cfg.eval_allowance_s) == (30, 60)
     assert cfg.time_budget_s == 7 and cfg.calibrate == 3
     assert cfg.prepare_command == "python prepare.py --dataset local"
-    assert set(cfg.fixed_hashes) == {"prepare.py", "autoresearch.sh"}
+    assert set(cfg.fixed_hashes) == {"prepare.py", "arkit.py", "autoresearch.sh"}  # the kit is fixed too
