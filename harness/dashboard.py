@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from harness import ledger, report
+from harness import ledger, points, report
 
 
 class LiveLedger:
@@ -90,7 +90,7 @@ class Dashboard:
         self._diffs: dict[str, str] = {}
 
     def _title(self) -> str:
-        return report.session_name(self.live.state, self.root.name)
+        return points.session_name(self.live.state, self.root.name)
 
     def _parts(self) -> dict[str, Any]:
         """Summary, chart and diffs for the current version (cached; called under the lock)."""
@@ -98,7 +98,7 @@ class Dashboard:
         v = self.live.version
         if self._rendered.get("version") != v:
             state = self.live.state
-            kept = [p.r.commit for p in report.all_points(state) if p.kept and not p.baseline]
+            kept = [p.r.commit for p in points.all_points(state) if p.kept and not p.baseline]
             missing = [c for c in kept if c not in self._diffs]
             self._diffs.update(report.kept_diffs(self.root, missing))
             self._rendered = {
@@ -121,7 +121,7 @@ class Dashboard:
             v = parts["version"]
             if v == version:
                 return {"version": v}
-            pts = report.all_points(self.live.state)
+            pts = points.all_points(self.live.state)
             if version.split("-")[0] != str(self.live.generation) or n_rows > len(pts):
                 return {"version": v, "reload": True}
             return {"version": v, "rows": report.rows_html(pts[n_rows:]), "summary": parts["summary"],

@@ -29,7 +29,7 @@ import git
 
 from harness.config import Config
 from harness.ledger import LedgerState
-from harness.report import Point, points, shorten
+from harness.points import Point, points, shorten
 from harness.workspace import Workspace, WorkspaceError
 
 SETUP_PREFIX = "autoresearch: session setup"

@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from harness import dashboard, finalize, ledger, report
+from harness import chart, dashboard, finalize, ledger, points, report, tsv
 from harness.cli_common import UserError, load_config, workspace_root
 
-USER_ERRORS: tuple[type[Exception], ...] = (report.TSVError, finalize.FinalizeError)
+USER_ERRORS: tuple[type[Exception], ...] = (tsv.TSVError, finalize.FinalizeError)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -60,9 +60,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise UserError(f"-o {out.name}: the chart is written as .png, .svg or .pdf")
     state = load_ledger(root)
     t0 = time.perf_counter()
-    _write(out, report.chart_bytes(state, report.session_name(state, root.name), fmt))
+    _write(out, chart.chart_bytes(state, points.session_name(state, root.name), fmt))
     segs = sum(1 for s in state.segments if s.runs)
-    n, k = len(state.runs), report.kept_improvements(state)
+    n, k = len(state.runs), points.kept_improvements(state)
     print(f"wrote {out} ({n} run{'s' if n != 1 else ''}, {k} kept improvement{'s' if k != 1 else ''}, "
           f"{segs} segment{'s' if segs != 1 else ''}; {time.perf_counter() - t0:.1f}s)")
     return 0
@@ -73,7 +73,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = _out_path(root, args.output, "report.html")
     state = load_ledger(root)
     t0 = time.perf_counter()
-    page = report.report_html(state, root, report.session_name(state, root.name)).encode("utf-8")
+    page = report.report_html(state, root, points.session_name(state, root.name)).encode("utf-8")
     _write(out, page)
     print(f"wrote {out} ({len(page) / 1024:.0f} KB, {len(state.runs)} runs; {time.perf_counter() - t0:.1f}s): "
           "one file, no network needed")
@@ -118,7 +118,7 @@ def cmd_export(args: argparse.Namespace) -> int:
               f"column so analysis.ipynb reads it{', which assumes lower is better' if seg.direction != 'lower' else ''}"
               f". Pass --metric-column {metric} to name the column after it, or --metric-column val_bpb to "
               "silence this", file=sys.stderr)
-    text = report.tsv_text([r for s in segs for r in s.runs], args.metric_column or "val_bpb")
+    text = tsv.tsv_text([r for s in segs for r in s.runs], args.metric_column or "val_bpb")
     n = sum(len(s.runs) for s in segs)
     if args.output == "-":
         sys.stdout.write(text)
@@ -139,13 +139,13 @@ def cmd_import(args: argparse.Namespace) -> int:
         text = src.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {src}: {getattr(exc, 'strerror', None) or exc}") from None
-    metric, rows = report.parse_tsv(text, src.name)
+    metric, rows = tsv.parse_tsv(text, src.name)
     lpath = ledger.ledger_path(root)
     state = ledger.load_state(lpath)
     if state.runs and not args.append:
         raise UserError(f"{lpath.name} already has {len(state.runs)} runs: pass --append to add the import as a new "
                         "segment, or import into another directory with -C DIR")
-    lines = report.import_lines(metric, rows, direction=args.direction, source=src.name, first_run=state.next_run,
+    lines = tsv.import_lines(metric, rows, direction=args.direction, source=src.name, first_run=state.next_run,
                                 segment=len(state.segments) if state.runs else max(len(state.segments) - 1, 0),
                                 end_time=os.stat(src).st_mtime)
     for line in lines:

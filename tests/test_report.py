@@ -21,7 +21,7 @@ import pytest
 from matplotlib.text import Text
 from toy import cli, make_toy, set_constant
 
-from harness import ledger, report
+from harness import chart, ledger, points, tsv
 from harness.dashboard import LiveLedger, make_server
 
 _spec = importlib.util.spec_from_file_location("bench_report", Path(__file__).parents[1] / "scripts" / "bench_report.py")
@@ -68,7 +68,7 @@ def small(direction: str = "lower", metric: str = "val_bpb") -> list[dict]:
 def test_points_track_the_running_best_in_both_directions() -> None:
     for direction in ("lower", "higher"):
         state = ledger.fold(ledger.parse_lines(b"".join(ledger.encode(x) for x in small(direction))).entries)
-        pts = report.points(state.segments[0])
+        pts = points.points(state.segments[0])
         assert [p.baseline for p in pts] == [True] + [False] * 6
         assert [p.kept for p in pts] == [True, True, False, False, False, False, True]
         assert pts[1].gain == pytest.approx(0.01) and pts[2].gain == pytest.approx(-0.03)
@@ -78,15 +78,15 @@ def test_points_track_the_running_best_in_both_directions() -> None:
 
 
 def test_window_leaves_out_diverged_runs_but_keeps_every_kept_value() -> None:
-    lo, hi = report._window(1.0, 0.95, [1.0, 0.97, 0.95], [1.01, 0.99, 1.02, 1.005, 6.0], 0.01, "lower")
+    lo, hi = chart._window(1.0, 0.95, [1.0, 0.97, 0.95], [1.01, 0.99, 1.02, 1.005, 6.0], 0.01, "lower")
     assert lo == 0.95 and 1.01 <= hi < 6.0
-    lo, hi = report._window(1.0, 1.05, [1.0, 1.05], [0.99, 0.98, -4.0, 0.97], 0.01, "higher")
+    lo, hi = chart._window(1.0, 1.05, [1.0, 1.05], [0.99, 0.98, -4.0, 0.97], 0.01, "higher")
     assert hi == 1.05 and -4.0 < lo <= 0.98
 
 
 def test_tsv_is_karpathys_format_exactly() -> None:
     state = ledger.fold(ledger.parse_lines(b"".join(ledger.encode(x) for x in small())).entries)
-    assert report.tsv_text(state.runs) == (
+    assert tsv.tsv_text(state.runs) == (
         "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
         "0000001\t1.000000\t44.0\tkeep\tbaseline\n"
         "0000002\t0.990000\t45.0\tkeep\traise LR\n"
@@ -108,8 +108,8 @@ def test_tsv_parse_errors_name_the_line() -> None:
         (head + "abc\tnan?\t2.0\tkeep\tx\n", "line 2: val_bpb and memory_gb must be numbers"),
         (head + "\nabc\t1.0\t2.0\tkeep\tx\ty\n", "line 3 has 6 tab-separated fields"),
     ]:
-        with pytest.raises(report.TSVError, match=re.escape(msg)):
-            report.parse_tsv(text)
+        with pytest.raises(tsv.TSVError, match=re.escape(msg)):
+            tsv.parse_tsv(text)
 
 
 # ------------------------------------------------------------------ commands
@@ -130,13 +130,13 @@ def test_plot_writes_png_svg_pdf_for_both_directions(tmp_path: Path, capsys) -> 
 
 def test_chart_with_1000_runs_labels_at_most_40_per_panel_without_overlaps(tmp_path: Path) -> None:
     state = ledger.fold(ledger.parse_lines(b"".join(ledger.encode(x) for x in bench.synthetic_lines(1000))).entries)
-    fig = report.draw_chart(state, "bench")
+    fig = chart.draw_chart(state, "bench")
     renderer = fig.canvas.get_renderer()
     panels = [ax for ax in fig.axes if ax.get_xlabel()]
     assert len(panels) == 3
     for ax in panels:
         labels = ax.texts
-        assert 10 <= len(labels) <= report.MAX_LABELS + 1  # + the baseline
+        assert 10 <= len(labels) <= chart.MAX_LABELS + 1  # + the baseline
         for t in labels:
             t.update_positions(renderer)
         boxes = [Text.get_window_extent(t, renderer) for t in labels]  # the text, not its leader line
