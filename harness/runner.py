@@ -3,19 +3,9 @@
 The child runs `/bin/bash -c command` in its own session, so the terminal's Ctrl-C never reaches it
 and the whole tree can be signalled at once. Its combined output goes to the log file as it arrives;
 a bounded tail is kept for `run.log`. When the run ends (timeout, cancel, or a normal exit that left
-background processes) every process of the run is stopped: SIGTERM, `grace_s`, SIGKILL.
-
-What counts as "a process of the run" (Linux, via /proc):
-* members of the run's process group (also without /proc: `killpg`);
-* every process ever seen below the root by ppid links, remembered with its start time; the tree is
-  snapshotted at each poll (5x/s), so a grandchild that setsid()s and is then orphaned is still known,
-  and a recycled pid (different start time) is never signalled;
-* every process whose environment carries this run's random AUTORESEARCH_RUN_TOKEN, searched in
-  /proc/*/environ at cleanup: this catches double-forked daemons that reparented to init before any
-  snapshot saw them.
-Not caught: a process that escaped the group *and* lost its parent link within one poll interval
-*and* exec'd with a cleaned environment (`env -i`); processes of another user; with no /proc (macOS)
-only the process group is killed.
+background processes) every process of the run is stopped: SIGTERM, `grace_s`, SIGKILL. What counts
+as a process of the run, and how it is found, is `harness.procgroup`; the live progress line on
+stderr is `harness.progress`.
 """
 
 from __future__ import annotations
@@ -24,31 +14,25 @@ import codecs
 import collections
 import contextlib
 import os
-import re
 import resource
 import secrets
 import select
-import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, TextIO
+from typing import IO
+
+from harness.procgroup import KILL_WAIT_S, TOKEN_VAR, RunTree, terminate
+from harness.progress import Display
 
 POLL_S = 0.2  # timeout/cancel checks and /proc snapshots (~5x/s)
-DRAW_S = 0.5  # progress redraw period (~2x/s)
 CHUNK = 1 << 16  # pipe read size: memory is O(CHUNK + tail), whatever the run prints
 MAX_LINE = 4000  # a longer tail line keeps only its end
-KILL_WAIT_S = 5.0  # after SIGKILL, how long to wait for the processes to be gone
-TOKEN_VAR = "AUTORESEARCH_RUN_TOKEN"
-_HAVE_PROC = os.path.isdir("/proc/self")
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-_DEAD = frozenset("ZXx")  # zombie/dead: nothing left to kill, and os.kill(pid, 0) would lie
-_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|[\x00-\x1f\x7f]")
 
 
 class RunnerError(RuntimeError):
@@ -131,162 +115,7 @@ class TailBuffer:
         return "\n".join(lines[-self.max_lines :] if self.max_lines else [])
 
 
-# ---- /proc (parsing is pure; reading tolerates processes vanishing mid-scan) ----
-
-
-@dataclass(frozen=True)
-class ProcStat:
-    pid: int
-    ppid: int
-    pgrp: int
-    state: str
-    starttime: int  # clock ticks after boot; (pid, starttime) names one process, as pids are recycled
-    rss_pages: int
-
-
-def parse_stat(text: str) -> ProcStat:
-    """Parse /proc/<pid>/stat. The name field may contain spaces and ')', so split after the last ')'.
-    Fields per proc(5): state=3 ppid=4 pgrp=5 starttime=22 rss=24."""
-    f = text[text.rindex(")") + 2 :].split()
-    return ProcStat(int(text.split(" ", 1)[0]), int(f[1]), int(f[2]), f[0], int(f[19]), int(f[21]))
-
-
-def _read(path: str) -> bytes:
-    """One small /proc file; raw os calls, as this runs for every process 5x/s (~10 us each)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _stat(pid: int | str) -> ProcStat | None:
-    try:
-        return parse_stat(_read(f"/proc/{pid}/stat").decode(errors="replace"))
-    except (OSError, ValueError, IndexError):
-        return None  # exited meanwhile
-
-
-def read_procs() -> dict[int, ProcStat]:
-    """All processes now, by pid; {} without /proc."""
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return {}
-    stats = (_stat(name) for name in names if name.isdigit())
-    return {st.pid: st for st in stats if st is not None}
-
-
-def descendants(parents: Mapping[int, int], roots: Iterable[int]) -> set[int]:
-    """The roots that exist and everything below them, given pid -> ppid."""
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    for pid, ppid in parents.items():
-        children[ppid].append(pid)
-    found: set[int] = set()
-    stack = [r for r in roots if r in parents]
-    while stack:
-        pid = stack.pop()
-        if pid not in found:
-            found.add(pid)
-            stack.extend(children[pid])
-    return found
-
-
-def _carries(entry: bytes, pid: int) -> bool:
-    try:
-        return entry in _read(f"/proc/{pid}/environ").split(b"\0")
-    except OSError:
-        return False  # another user's process, or gone
-
-
-def _group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, just not ours to signal
-    return True
-
-
-class _Tree:
-    """Every live process of one run, as pid -> starttime, remembered across polls so an escapee is
-    still found after its parent died."""
-
-    def __init__(self, root: int, token: str) -> None:
-        self.root = root
-        self.entry = f"{TOKEN_VAR}={token}".encode()
-        self.seen: dict[int, int] = {}
-        self.peak_rss_bytes = 0
-
-    def _update(self, procs: Mapping[int, ProcStat], extra: Iterable[int] = ()) -> set[int]:
-        known = {p for p, st in self.seen.items() if p in procs and procs[p].starttime == st}
-        group = {p for p, s in procs.items() if s.pgrp == self.root}
-        tree = descendants({p: s.ppid for p, s in procs.items()}, {self.root, *known, *group, *extra})
-        tree = {p for p in tree if procs[p].state not in _DEAD}
-        self.seen = {p: procs[p].starttime for p in tree}
-        return tree
-
-    def sample(self) -> None:
-        procs = read_procs()
-        rss = sum(procs[p].rss_pages for p in self._update(procs)) * _PAGE
-        self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
-
-    def live(self) -> dict[int, int]:
-        """Running processes of the run now, the root included; starttime -1 = only known as a group."""
-        if not _HAVE_PROC:
-            return {self.root: -1} if _group_exists(self.root) else {}
-        procs = read_procs()
-        marked = [p for p, s in procs.items() if s.state not in _DEAD and _carries(self.entry, p)]
-        self._update(procs, marked)
-        return dict(self.seen)
-
-
-def _signal(pgid: int, targets: Mapping[int, int], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-    for pid, start in targets.items():
-        if (st := _stat(pid)) is not None and st.starttime == start:  # the same process, not a recycled pid
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-
-
-def _terminate(pgid: int, grace_s: float, find: Callable[[], dict[int, int]]) -> tuple[int, int, int]:
-    """SIGTERM the group and `find()`'s processes, wait up to grace_s, then SIGKILL until `find()` is
-    empty (a process may fork meanwhile; one exiting from a GPU or in D state can take seconds), for
-    at most KILL_WAIT_S. Returns (processes found, how many needed SIGKILL, how many survived)."""
-    targets = find()
-    if not targets:
-        return 0, 0, 0
-    _signal(pgid, targets, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while (left := find()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stubborn = len(left)
-    deadline = time.monotonic() + KILL_WAIT_S
-    while left and time.monotonic() < deadline:
-        _signal(pgid, left, signal.SIGKILL)
-        time.sleep(0.05)
-        left = find()
-    return len(targets), stubborn, len(left)
-
-
-def kill_group(pgid: int, grace_s: float) -> int:
-    """SIGTERM process group `pgid`, give it grace_s to exit, then SIGKILL it. Returns how many
-    processes it had (without /proc: 1 if the group existed)."""
-
-    def members() -> dict[int, int]:
-        if not _HAVE_PROC:
-            return {pgid: -1} if _group_exists(pgid) else {}
-        return {p: s.starttime for p, s in read_procs().items() if s.pgrp == pgid and s.state not in _DEAD}
-
-    return _terminate(pgid, grace_s, members)[0]
-
-
-# ---- output and progress ----
+# ---- output ----
 
 
 class _Reader(threading.Thread):
@@ -338,55 +167,6 @@ class _Reader(threading.Thread):
             return self.tail.last_line()
 
 
-def _clock(s: float) -> str:
-    s = int(max(s, 0))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
-
-
-def progress_line(
-    label: str, elapsed_s: float, budget_s: float | None, timeout_s: float, last: str, width: int
-) -> str:
-    """One status line: label, elapsed, time left against the budget, the kill time, and the run's own
-    latest line stripped of control codes, cut to the terminal width."""
-    parts = [label] if label else []
-    parts.append(_clock(elapsed_s))
-    if budget_s is not None:
-        left = budget_s - elapsed_s
-        parts.append(
-            f"{_clock(left)} left of {_clock(budget_s)}" if left >= 0 else f"{_clock(-left)} over budget"
-        )
-    parts.append(f"kill at {_clock(timeout_s)}")
-    last = _CONTROL.sub("", last).strip()
-    line = "  ".join(parts) + (f" | {last}" if last else "")
-    return line[: max(width - 1, 0)]
-
-
-class _Display:
-    """Redraws one stderr line ~2x/s; `close` wipes it so the terminal is left clean."""
-
-    def __init__(self, stream: TextIO | None, label: str, budget_s: float | None, timeout_s: float) -> None:
-        self.stream, self.label, self.budget_s, self.timeout_s = stream, label, budget_s, timeout_s
-        self.drawn_at: float | None = None
-
-    def draw(self, elapsed_s: float, last: str) -> None:
-        now = time.monotonic()
-        if self.stream is None or (self.drawn_at is not None and now - self.drawn_at < DRAW_S):
-            return
-        try:
-            width = os.get_terminal_size(self.stream.fileno()).columns or 80  # 0 on a pty never sized
-        except (OSError, ValueError):
-            width = 80
-        line = progress_line(self.label, elapsed_s, self.budget_s, self.timeout_s, last, width)
-        self.stream.write("\r\x1b[2K" + line)
-        self.stream.flush()
-        self.drawn_at = now
-
-    def close(self) -> None:
-        if self.stream is not None and self.drawn_at is not None:
-            self.stream.write("\r\x1b[2K")
-            self.stream.flush()
-
-
 # ---- the runner ----
 
 
@@ -427,9 +207,9 @@ def _child_env(extra: Mapping[str, str], token: str) -> dict[str, str]:
 
 def _supervise(
     proc: subprocess.Popen[bytes],
-    tree: _Tree,
+    tree: RunTree,
     reader: _Reader,
-    display: _Display,
+    display: Display,
     t0: float,
     timeout_s: float,
     cancel: Callable[[], bool] | None,
@@ -476,7 +256,7 @@ def run_command(
         raise RunnerError(f"cannot open log {log_path}: {e}") from e
     with log:
         show = sys.stderr.isatty() if progress is None else progress
-        display = _Display(sys.stderr if show else None, label, budget_s, timeout_s)
+        display = Display(sys.stderr if show else None, label, budget_s, timeout_s)
         header = [
             f"command: {command}",
             f"cwd: {cwd}",
@@ -501,7 +281,7 @@ def run_command(
         except OSError as e:
             raise RunnerError(f"cannot start {command!r} in {cwd}: {e}") from e
         assert proc.stdout is not None
-        tree = _Tree(proc.pid, token)
+        tree = RunTree(proc.pid, token)
         reader = _Reader(proc.stdout, log, tail_lines)
         reader.start()
 
@@ -514,7 +294,7 @@ def run_command(
             outcome = _supervise(proc, tree, reader, display, t0, timeout_s, cancel)
         finally:  # whatever happened, nothing of the run outlives this call
             display.close()
-            found, stubborn, survived = _terminate(proc.pid, grace_s, find)
+            found, stubborn, survived = terminate(proc.pid, grace_s, find)
             code = proc.wait()
             wall_s = time.monotonic() - t0
             got_eof = reader.finish(wait_s=2.0)

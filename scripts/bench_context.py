@@ -29,8 +29,10 @@ from fake_anthropic import FakeAnthropic, message, tool_use  # noqa: E402
 from toy import TRAIN, make_toy  # noqa: E402
 
 from harness import context, ledger  # noqa: E402
+from harness.agents.api import ProposalFailed  # noqa: E402
 from harness.agents.base import PastRun, ProposalContext  # noqa: E402
-from harness.agents.claude import TOOL_EDIT, TOOL_READ, TOOL_SUBMIT, TOOL_WRITE, ClaudeAgent, ProposalFailed  # noqa: E402
+from harness.agents.claude import ClaudeAgent  # noqa: E402
+from harness.agents.tools import TOOL_EDIT, TOOL_READ, TOOL_SUBMIT, TOOL_WRITE  # noqa: E402
 
 IDEAS = [
     "raise MATRIX_LR to {v}", "lower EMBEDDING_LR to {v}", "DEPTH {v}", "warmdown ratio {v}", "weight decay {v}",

@@ -19,16 +19,11 @@ from fake_anthropic import FakeAnthropic, error, message, text, thinking, tool_u
 from toy import TRAIN, cli, git, lines, make_toy
 
 from harness import context, ledger
+from harness.agents.api import MAX_BACKOFF_ATTEMPTS, ProposalFailed
 from harness.agents.base import AgentError, PastRun, ProposalContext
-from harness.agents.claude import (
-    DEFAULT_MODEL,
-    MAX_BACKOFF_ATTEMPTS,
-    ClaudeAgent,
-    ProposalFailed,
-    Usage,
-    WorkspaceTools,
-    estimate_cost_usd,
-)
+from harness.agents.claude import DEFAULT_MODEL, ClaudeAgent
+from harness.agents.tools import WorkspaceTools
+from harness.agents.usage import Usage, estimate_cost_usd
 
 KEY = "sk-ant-api03-" + secrets.token_hex(24)
 
@@ -373,7 +368,7 @@ def tools_for(root: Path) -> WorkspaceTools:
 
 
 def test_read_file_confinement(ws, tmp_path) -> None:
-    from harness.agents.claude import ToolError
+    from harness.agents.tools import ToolError
 
     t = tools_for(ws)
     (tmp_path / "secret.txt").write_text("outside")
@@ -400,7 +395,7 @@ def test_read_file_confinement(ws, tmp_path) -> None:
 
 
 def test_edit_file_needs_a_unique_exact_match(ws) -> None:
-    from harness.agents.claude import ToolError
+    from harness.agents.tools import ToolError
 
     t = tools_for(ws)
     (ws / "train.py").write_text(TRAIN + "X = 1\nX = 1\n")

@@ -18,17 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from harness.procgroup import descendants, kill_group, parse_stat
+from harness.progress import progress_line
 from harness.runner import (
     MAX_LINE,
     RunnerError,
     TailBuffer,
     collapse_cr,
     default_timeout,
-    descendants,
     describe_end,
-    kill_group,
-    parse_stat,
-    progress_line,
     run_command,
 )
 
