@@ -7,17 +7,25 @@ schema is flat tables of scalars and lists, so no extra dependency is needed).
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from harness.secrets import is_secret_name
 from harness.stats import Direction
 
 CONFIG_NAME = "autoresearch.toml"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RevertMode = Literal["revert", "reset"]
 AgentKind = Literal["auto", "mutate", "claude", "external"]
 MetricSource = Literal["stdout", "result_file"]
+# Where a run executes (README "The sandbox"): "auto" = under bubblewrap when it works here, else in a fresh
+# checkout without it; "bwrap" = bubblewrap or refuse to run; "checkout" = a fresh checkout, no bubblewrap;
+# "off" = in the workspace itself (no isolation at all; for debugging a target).
+SandboxMode = Literal["auto", "bwrap", "checkout", "off"]
+SANDBOX_MODES: tuple[str, ...] = ("auto", "bwrap", "checkout", "off")
 
 
 class ConfigError(Exception):
@@ -70,8 +78,9 @@ class Config:
     learn_every: int = 5  # LLM agents rewrite the notes' learnings every N experiments (0 = never)
     # --- integrity (README "Metric integrity")
     metric_source: MetricSource = "stdout"  # "result_file": the primary metric only via AUTORESEARCH_RESULT_FILE
-    startup_allowance_s: float = 60.0  # wall time allowed beyond the budget for start-up (compile, warm-up) ...
-    eval_allowance_s: float = 60.0  # ... and for the evaluation; a run over budget + both is checks_failed
+    startup_allowance_s: float = 60.0  # training may run this long beyond the budget (start-up, compile) ...
+    startup_allowance_frac: float = 0.25  # ... plus this share of the budget (integrity.over_budget)
+    eval_allowance_s: float = 60.0  # stdout targets only: the in-process evaluation's share of the run's wall time
     audit: bool = True  # statically audit each proposal's diff for known ways of gaming the metric
     # --- noise (README "Noise-aware keeps")
     calibrate: int = 0  # run the baseline this many times (>= 2) with different seeds to measure the noise
@@ -80,6 +89,13 @@ class Config:
     heldout_metric: str | None = None  # a second metric, never used for decisions, evaluated for kept runs
     heldout_command: str | None = None  # how to evaluate it; gets AUTORESEARCH_CHECKPOINT of the kept run
     branch: str = ""
+    # --- where runs happen (README "The sandbox")
+    sandbox: SandboxMode = "auto"
+    network: bool = False  # runs (and the evaluation) see no network unless this is true
+    env: tuple[str, ...] = ()  # names of further environment variables the runs get (never secrets)
+    inputs: tuple[str, ...] = ()  # workspace paths git ignores (data/, .venv/) that runs see read-only
+    evaluate: str | None = None  # the fixed evaluation: its own process, from the run's checkpoint
+    log_cap_mb: float = 64.0  # a run's log on disk stops growing here (the output is still read)
 
     @property
     def effective_timeout_s(self) -> float:
@@ -116,6 +132,10 @@ _COMMENTS = {
     "revert": '"revert" (git revert, keeps history) or "reset" (karpathy style)',
     "max_failure_streak": "stop after this many consecutive discard/crash/checks_failed",
     "prepare_command": "one-time preparation, run by `autoresearch run` before the baseline",
+    "sandbox": '"auto" (bubblewrap if it works), "bwrap", "checkout" (no bubblewrap) or "off" (in the workspace)',
+    "evaluate": "the fixed evaluation, a separate process reading the run's checkpoint; it alone reports the metric",
+    "env": "extra environment variables passed to runs (secrets never are)",
+    "inputs": "ignored workspace paths mounted read-only into each run's checkout",
 }
 
 
@@ -196,17 +216,20 @@ def _type_problems(cfg: Config) -> list[str]:
     want = {
         "a string": (lambda x: isinstance(x, str), ("name", "command", "target", "agent", "revert", "branch")),
         "a string or absent": (lambda x: x is None or isinstance(x, str),
-                               ("checks_command", "prepare_command", "model", "heldout_metric", "heldout_command")),
+                               ("checks_command", "prepare_command", "model", "heldout_metric", "heldout_command",
+                                "evaluate")),
         "a number": (_is_num, ("time_budget_s", "checks_timeout_s", "tolerance", "startup_allowance_s",
-                               "eval_allowance_s", "min_effect_sigma")),
+                               "startup_allowance_frac", "eval_allowance_s", "min_effect_sigma", "log_cap_mb")),
         "a number or absent": (lambda x: x is None or _is_num(x), ("timeout_s",)),
         "an integer": (lambda x: isinstance(x, int) and not isinstance(x, bool),
                        ("seed", "max_failure_streak", "learn_every", "calibrate", "confirm")),
-        "true or false": (lambda x: isinstance(x, bool), ("audit",)),
+        "true or false": (lambda x: isinstance(x, bool), ("audit", "network")),
         "a list of paths": (
             lambda x: isinstance(x, tuple | list) and all(isinstance(p, str) for p in x),
-            ("editable", "fixed"),
+            ("editable", "fixed", "inputs"),
         ),
+        "a list of variable names": (
+            lambda x: isinstance(x, tuple | list) and all(isinstance(p, str) for p in x), ("env",)),
     }
     problems = [
         f"{name} must be {what}, not {getattr(cfg, name)!r}"
@@ -266,9 +289,22 @@ def validate(cfg: Config, where: str = CONFIG_NAME) -> None:
         problems.append("min_effect_sigma must be > 0")
     if cfg.startup_allowance_s < 0 or cfg.eval_allowance_s < 0:
         problems.append("startup_allowance_s and eval_allowance_s must be >= 0")
+    if cfg.startup_allowance_frac < 0:
+        problems.append("startup_allowance_frac must be >= 0")
+    if cfg.sandbox not in SANDBOX_MODES:
+        problems.append(f"sandbox must be one of {', '.join(SANDBOX_MODES)}, not {cfg.sandbox!r}")
+    if not (cfg.log_cap_mb > 0):
+        problems.append("log_cap_mb must be > 0")
+    for name in cfg.env:
+        if not _ENV_NAME.fullmatch(name):
+            problems.append(f"env: {name!r} is not an environment variable name")
+        elif is_secret_name(name):
+            problems.append(f"env: {name} looks like a secret, and runs never get secrets (README \"The sandbox\")")
+    if cfg.evaluate is not None and not cfg.evaluate.strip():
+        problems.append("evaluate is empty: remove it, or name the evaluation command")
     if bool(cfg.heldout_metric) != bool(cfg.heldout_command):
         problems.append("heldout_metric and heldout_command go together")
-    for p in (*cfg.editable, *cfg.fixed):
+    for p in (*cfg.editable, *cfg.fixed, *cfg.inputs):
         if Path(p).is_absolute() or ".." in Path(p).parts:
             problems.append(f"{p!r}: paths must be relative to the workspace and stay inside it")
     if problems:
