@@ -19,7 +19,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,8 +150,31 @@ def _command(pid: int) -> str:
         return "?"
 
 
+# Configuration that would run a program on our behalf, forced off for every git call the harness makes
+# (README "The sandbox"): a planted .git/hooks/pre-commit, a core.hooksPath or core.fsmonitor written into
+# .git/config would otherwise run inside the controller. GIT_CONFIG_COUNT (git >= 2.31) outranks every
+# config file.
+HARDENED_GIT_CONFIG: tuple[tuple[str, str], ...] = (
+    ("core.hooksPath", os.devnull),
+    ("core.fsmonitor", "false"),
+)
+
+
+def hardened_git_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """GIT_CONFIG_COUNT/KEY/VALUE variables that add HARDENED_GIT_CONFIG after any the caller set."""
+    try:
+        start = max(0, int(environ.get("GIT_CONFIG_COUNT", "0")))
+    except ValueError:
+        start = 0
+    env = {f"GIT_CONFIG_{kind}_{start + i}": v for i, (k, val) in enumerate(HARDENED_GIT_CONFIG)
+           for kind, v in (("KEY", k), ("VALUE", val))}
+    env["GIT_CONFIG_COUNT"] = str(start + len(HARDENED_GIT_CONFIG))
+    return env
+
+
 class Workspace:
-    """A git work tree rooted at `root` (the session directory)."""
+    """A git work tree rooted at `root` (the session directory). Every git call runs with hooks and
+    fsmonitor off (`hardened_git_env`)."""
 
     def __init__(
         self,
@@ -174,6 +197,7 @@ class Workspace:
                 f"{self.root} is inside the git repository {self.repo.working_tree_dir}; "
                 "a workspace must be the top level of its own repository"
             )
+        self.repo.git.update_environment(**hardened_git_env(os.environ))
         self._ensure_identity()
 
     # -------------------------------------------------------------- creation

@@ -265,3 +265,40 @@ def test_finish_interrupted_git_aborts_a_half_done_merge(repo) -> None:
     ws = Workspace(repo)
     assert ws.finish_interrupted_git() == ["aborted a half-done merge"]
     assert ws.head() == head and ws.is_clean() and not (repo / ".git" / "MERGE_HEAD").exists()
+
+
+# ---- git hardening (issue 10, break 4): nothing in .git runs code inside the controller
+
+
+def plant_hooks(root: Path) -> tuple[Path, Path]:
+    hook_out, fsmonitor_out = root / "hook.out", root / "fsmonitor.out"
+    hook = root / ".git" / "hooks" / "pre-commit"
+    hook.write_text(f"#!/bin/sh\necho injected >> '{hook_out}'\n")
+    hook.chmod(0o755)
+    git(root, "config", "core.fsmonitor", f"touch '{fsmonitor_out}'; false")
+    return hook_out, fsmonitor_out
+
+
+def test_a_planted_pre_commit_hook_and_fsmonitor_never_run_on_controller_git_calls(repo) -> None:
+    hook_out, fsmonitor_out = plant_hooks(repo)
+    ws = Workspace(repo)
+    new_file(repo)
+    ws.commit_all("experiment #1: x")
+    assert ws.is_clean() and ws.changed_paths() == []
+    assert not hook_out.exists() and not fsmonitor_out.exists()
+
+
+def test_without_the_hardening_the_planted_hook_would_run(repo, monkeypatch) -> None:
+    # the control for the test above: the same repository with the override switched off
+    monkeypatch.setattr(workspace, "HARDENED_GIT_CONFIG", ())
+    hook_out, _ = plant_hooks(repo)
+    ws = Workspace(repo)
+    new_file(repo)
+    ws.commit_all("experiment #1: x")
+    assert hook_out.exists()
+
+
+def test_hardening_keeps_git_config_count_set_by_the_caller() -> None:
+    env = workspace.hardened_git_env({"GIT_CONFIG_COUNT": "1"})
+    assert env["GIT_CONFIG_COUNT"] == "3"
+    assert env["GIT_CONFIG_KEY_1"] == "core.hooksPath" and env["GIT_CONFIG_KEY_2"] == "core.fsmonitor"
