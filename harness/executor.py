@@ -38,7 +38,8 @@ class Executor(Protocol):
 
     def run(self, commit: str, seed: int, env: Mapping[str, str], *, key: str, label: str) -> Sample: ...
 
-    def evaluate(self, command: str, env: Mapping[str, str], *, key: str, label: str) -> Sample: ...
+    def evaluate(self, command: str, env: Mapping[str, str], *, key: str, label: str,
+                 commit: str | None = None) -> Sample: ...
 
     def command(self, command: str, env: Mapping[str, str], *, log: str, timeout_s: float, label: str) -> RunResult: ...
 
@@ -88,8 +89,9 @@ class LocalExecutor:
             metrics.setdefault("peak_rss_mb", round(res.peak_rss_mb, 1))
         return Sample(seed, res, metrics, failure_of(res, cfg.effective_timeout_s), None, notes, channel_failure)
 
-    def evaluate(self, command: str, env: Mapping[str, str], *, key: str, label: str) -> Sample:
-        """A held-out evaluation: its metrics come from the result channel, and also from printed
+    def evaluate(self, command: str, env: Mapping[str, str], *, key: str, label: str,
+                 commit: str | None = None) -> Sample:
+        """A held-out evaluation of the run of `commit` (here: the workspace, whose HEAD it is): its metrics come from the result channel, and also from printed
         METRIC lines unless the target takes metrics from the channel only."""
         result_file = self._result_file(key)
         res = self.command(command, {**env, integrity.RESULT_ENV: str(result_file)}, log=f"runs/{key}.log",
