@@ -28,7 +28,7 @@ from harness.config import Config
 from harness.executor import Executor
 from harness.gate import Sample
 from harness.ledger import LedgerState
-from harness.workspace import sha256_file
+from harness.workspace import sha256_file, unsafe_paths
 
 
 def normalized_diff_hash(patch: str) -> str:
@@ -79,6 +79,13 @@ def in_scope(p: Proposed) -> str | None:
     return f"changes outside the editable files {list(p.cfg.editable)}: {outside}" if outside else None
 
 
+def plain_files(p: Proposed) -> str | None:
+    """An editable file turned into a symlink (or moved into a nested repository) hides its content
+    from the diff and the audit."""
+    bad = unsafe_paths(p.root, [*p.cfg.editable, *p.cfg.fixed])
+    return "; ".join(bad) + ": editable and fixed files must stay plain files" if bad else None
+
+
 def fixed_unchanged(p: Proposed) -> str | None:
     bad = fixed_changes(p.root, p.cfg)
     return "fixed files changed: " + "; ".join(bad) if bad else None
@@ -99,7 +106,7 @@ def not_a_repeat(p: Proposed) -> str | None:
 
 
 PreCheck = Callable[[Proposed], str | None]
-PRE_RUN: tuple[PreCheck, ...] = (changed_something, in_scope, fixed_unchanged, audit, not_a_repeat)
+PRE_RUN: tuple[PreCheck, ...] = (changed_something, in_scope, plain_files, fixed_unchanged, audit, not_a_repeat)
 REPEATS: frozenset[PreCheck] = frozenset({not_a_repeat})  # refused as a discard; the agent is told once
 
 

@@ -151,6 +151,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     ctl = Controller(root, cfg)
     with WorkspaceLock(ctl.state_dir):
         _print_recovery(ctl.recover(stash_uncommitted=False))
+        ctl.verify_head()
         state = ctl.load_ledger()
         has_baseline = state.current is not None and state.current.baseline_run is not None
         if has_baseline and ctl.ws.is_clean():

@@ -122,8 +122,25 @@ class Controller:
         return ledger.load_state(self.ledger_path)
 
     def recover(self, *, stash_uncommitted: bool = True) -> list[str]:
-        """Bring ledger and branch back to a consistent state after any interruption (harness.journal)."""
-        return self.journal.recover(stash_uncommitted=stash_uncommitted)
+        """Bring ledger and branch back to a consistent state after any interruption (harness.journal).
+        A keep stopped during its held-out evaluation is finished first: evaluated again, then logged."""
+        return self._finish_heldout() + self.journal.recover(stash_uncommitted=stash_uncommitted)
+
+    def _finish_heldout(self) -> list[str]:
+        st = self.journal.read()
+        if st is None or st.get("phase") != "heldout" or not isinstance(st.get("record"), dict):
+            return []
+        run, commit, rec = int(st["run"]), str(st["commit"]), st["record"]
+        if self.load_ledger().find(run) is None:
+            if self.ws.head() != commit:
+                return []  # the branch moved since: journal.recover logs the run as interrupted
+            self.say(f"recovery: experiment #{run} was kept; its held-out evaluation was interrupted: running it again")
+            _fault("before_heldout")
+            ledger.append(self.ledger_path, {**rec, "heldout": self._heldout(run, commit)})
+        prune_checkpoints(self.state_dir / "checkpoints", run, True)
+        self.journal.clear()
+        return [f"experiment #{run} was kept before the controller stopped; finished its held-out evaluation and "
+                "logged it as keep"]
 
     def check_fixed(self) -> list[str]:
         """Fixed files (and the measurement scripts) whose content differs from init."""
@@ -137,8 +154,13 @@ class Controller:
                 + "; ".join(bad)
                 + ". Restore them (e.g. `git checkout <last kept commit> -- FILE`) before running."
             )
+        self.verify_head()
+
+    def verify_head(self) -> None:
+        """Runs happen on a branch: a keep on a detached HEAD would be a commit nothing points to."""
         if self.ws.branch() is None:
-            raise ControllerError("HEAD is detached; check out the session branch first")
+            raise ControllerError("HEAD is detached; check out the session branch first"
+                                  + (f" (`git checkout {self.cfg.branch}`)" if self.cfg.branch else ""))
         if self.cfg.branch and self.ws.branch() != self.cfg.branch:
             self.say(f"warning: on branch {self.ws.branch()}, but the session's branch is {self.cfg.branch}")
 
@@ -224,6 +246,9 @@ class Controller:
         # 4. run (the executor, then the post-run checks), decide, and let the noise gate confirm
         first = self._sample(run, commit, 0)
         _fault("after_run")
+        moved = self._head_moved(run, commit)
+        if moved:
+            first = dataclasses.replace(first, checks_failure=moved)
         m = self._measure(run, commit, first, seg, baseline, diff)
         asi = dict(proposal.asi)
         for x in m.samples:
@@ -231,14 +256,19 @@ class Controller:
         failed = next((x for x in m.samples if x.failure or x.checks_failure), first)
         if m.decision.status == "crash":
             asi.setdefault("tail", failed.res.tail[-1500:])
-        if m.decision.status == "keep" and self.cfg.heldout_command:
-            m.extra["heldout"] = self._heldout(run)
         if baseline:
             m.extra["baseline"] = True
 
-        # 5. the ledger line commits the experiment; then undo what is not kept, and clear the journal
+        # 5. the ledger line commits the experiment; then undo what is not kept, and clear the journal.
+        # A keep's held-out evaluation comes first, with the line it completes in the journal: a kill
+        # during it resumes the evaluation (`_finish_heldout`), it never costs the keep.
         rec = self._record(run, commit, m.metrics, m.decision, proposal.description, asi, t0, diff, agent_info, m.confidence,
                            m.extra, state=state)
+        if m.decision.status == "keep" and self.cfg.heldout_command:
+            st.update(phase="heldout", record=rec)
+            self.journal.write(st)
+            _fault("before_heldout")
+            rec = {**rec, "heldout": self._heldout(run, commit)}
         ledger.append(self.ledger_path, rec)
         _fault("after_append")
         if m.decision.status != "keep" and not baseline:
@@ -335,11 +365,31 @@ class Controller:
             confidence = records.confidence_after(seg, metrics.get(name), decision.status)
         return Measured(samples, decision, metrics, extra, confidence)
 
-    def _heldout(self, run: int) -> dict[str, Any]:
+    def _head_moved(self, run: int, commit: str) -> str | None:
+        """After a run: HEAD must still be the commit the controller made, on the session's branch.
+        Something else committed or switched branches meanwhile (another program in the workspace;
+        an unsandboxed run): its commits are kept under a ref, the branch goes back to `commit`, and
+        the run is checks_failed. Nothing is lost; the controller never reverts a commit it did not make."""
+        branch, head = self.ws.branch(), self.ws.head()
+        if head == commit and (not self.cfg.branch or branch == self.cfg.branch):
+            return None
+        ref = f"refs/autoresearch/moved/run-{run}"
+        self.ws.repo.git.update_ref(ref, head)
+        if branch is None or (self.cfg.branch and branch != self.cfg.branch):
+            self.ws.checkout(self.cfg.branch or commit)
+        if self.ws.head() != commit:
+            if not self.ws.is_clean():
+                self.ws.stash(f"autoresearch: changes found when HEAD moved during experiment #{run}")
+            self.ws.reset_to(commit)
+        where = f"branch {branch}" if branch else "a detached HEAD"
+        return (f"HEAD moved during the run (to {short(head)} on {where}; the controller committed {short(commit)}): "
+                f"something else changed the repository. Saved as {ref}; the branch is back at {short(commit)}")
+
+    def _heldout(self, run: int, commit: str) -> dict[str, Any]:
         """Evaluate the held-out metric of a kept run from its checkpoint; never used to decide."""
         name = self.cfg.heldout_metric or ""
         x = self.executor.evaluate(self.cfg.heldout_command or "", self._env(run), key=f"{run}.heldout",
-                                   label=f"held-out #{run}")
+                                   label=f"held-out #{run}", commit=commit)
         value = x.metrics.get(name)
         if x.failure is None and value is not None:
             return {name: value}

@@ -24,7 +24,7 @@ from harness.stats import Direction
 from harness.targets import KIT, InitError, Target
 from harness.targets import available_targets as available_targets
 from harness.targets import load_target as load_target
-from harness.workspace import Workspace, WorkspaceError, sha256_file
+from harness.workspace import Workspace, WorkspaceError, sha256_file, unsafe_paths
 
 
 def default_tag(now: dt.datetime) -> str:
@@ -169,6 +169,10 @@ def init_workspace(
         missing = [p for p in (*target.editable, *target.fixed) if not (root / p).is_file()]
         if missing:
             raise InitError(f"missing in {root}: {', '.join(missing)} (create them first, or use --target)")
+    linked = unsafe_paths(root, (*target.editable, *target.fixed))
+    if linked:
+        raise InitError("; ".join(linked) + ": the editable and fixed files must be plain files of this repository, "
+                        "so that the audit and the hashes see what runs (copy the real file in instead)")
 
     # 1. the target's files and the .gitignore on the current branch: the session's base
     for rel, src in sources.items():
@@ -214,3 +218,4 @@ def init_workspace(
         )
         done.append(f"started the ledger {lpath.name}")
     return cfg, done
+

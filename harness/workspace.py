@@ -465,3 +465,22 @@ def _numstat(text: str) -> DiffStats:
         added += int(a) if a.isdigit() else 0  # "-" for binary files
         removed += int(r) if r.isdigit() else 0
     return DiffStats(tuple(files), added, removed)
+
+
+def unsafe_paths(root: Path, paths: tuple[str, ...] | list[str]) -> list[str]:
+    """Editable or fixed paths that are symlinks, lie under a symlinked directory, or inside a git
+    submodule or nested repository: their content is not what the diff, the audit and the hashes see."""
+    problems = []
+    for rel in paths:
+        parts = Path(rel).parts
+        for i in range(1, len(parts) + 1):
+            p = root.joinpath(*parts[:i])
+            if p.is_symlink():
+                what = rel if i == len(parts) else f"{rel} (its directory {Path(*parts[:i])})"
+                problems.append(f"{what} is a symbolic link")
+                break
+            if i < len(parts) and (p / ".git").exists():
+                problems.append(f"{rel} is inside the git submodule or nested repository {Path(*parts[:i])}")
+                break
+    return problems
+

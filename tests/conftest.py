@@ -95,7 +95,7 @@ class FakeExecutor:
             self.clock.advance(self.wall_s)
         return Sample(seed, self._result(f"runs/{key}.log", metrics), metrics, None, None, {})
 
-    def evaluate(self, command: str, env: dict[str, str], *, key: str, label: str):
+    def evaluate(self, command: str, env: dict[str, str], *, key: str, label: str, commit: str | None = None):
         from harness.gate import Sample
 
         self.commands.append(command)

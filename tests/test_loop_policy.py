@@ -233,16 +233,21 @@ def test_two_environment_errors_in_a_row_stop_with_what_to_fix(tmp_path, fake_ex
 
 def test_a_real_git_error_is_a_logged_crash_and_the_edit_is_stashed(tmp_path, fake_executor, fake_clock) -> None:
     root = make_toy(tmp_path / "ws")
-    hook = root / ".git" / "hooks" / "pre-commit"  # refuses the next commit once, then deletes itself
-    hook.write_text('#!/bin/sh\nrm -f "$0"\necho "pre-commit: refused once" >&2\nexit 1\n')
-    hook.chmod(0o755)
+    # the next commit fails once: signing is required and the signing program refuses, then turns signing off
+    # (hooks would be simpler, but the controller runs git with hooks off)
+    signer = root / ".git" / "refuse-once.sh"
+    signer.write_text(f'#!/bin/sh\ngit -C "{root}" config commit.gpgsign false\n'
+                      'echo "pre-commit: refused once" >&2\nexit 1\n')
+    signer.chmod(0o755)
+    git(root, "config", "commit.gpgsign", "true")
+    git(root, "config", "gpg.program", str(signer))
     executor = fake_executor(root, [1.0, 1.1, 1.2])
     why = _controller(root, executor, fake_clock).run_loop(Agent(_lrs(3)), StopRules(max_iterations=3))
     assert why == "reached --max-iterations 3"
     rs = runs(root)
     assert [r.status for r in rs] == ["keep", "crash", "keep"]
     assert rs[1].raw["reason"].startswith("environment error: GitCommandError: Cmd('git') failed")
-    assert "pre-commit: refused once" in rs[1].raw["reason"] and rs[1].description == "LR 0.02"
+    assert "gpg failed to sign" in rs[1].raw["reason"] and rs[1].description == "LR 0.02"
     assert [c.key for c in executor.calls] == ["1", "3"]  # experiment #2 never ran
     assert "LR = 0.02" in git(root, "stash", "show", "-p", "stash@{0}")  # its edit is kept, out of the way
     _consistent(root)

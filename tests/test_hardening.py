@@ -1,0 +1,129 @@
+"""The repository side of issue 10: what the controller refuses or repairs about git itself.
+
+Editable files must be plain files (no symlink, no submodule) at init and in every proposal;
+`experiment` refuses a detached HEAD; a commit made by something else during a run is saved and
+the branch put back, never reverted in its place; a kill during a keep's held-out evaluation
+resumes the evaluation instead of discarding the keep.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from toy import TRAIN, cli, cli_proc, git, lines, make_toy, runs, set_constant
+
+from harness.cli import main
+
+
+def test_init_refuses_a_symlinked_editable_file(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "ws"
+    root.mkdir()
+    (tmp_path / "real_train.py").write_text(TRAIN)
+    (root / "train.py").symlink_to(tmp_path / "real_train.py")
+    (root / "eval.py").write_text("print('METRIC score=1')\n")
+    rc = main(["-C", str(root), "init", "--command", "python eval.py", "--metric", "score", "--editable", "train.py",
+               "--fixed", "eval.py", "--direction", "higher", "--budget", "5", "--tag", "t"])
+    assert rc != 0
+    assert "train.py is a symbolic link" in capsys.readouterr().err
+
+
+def test_init_refuses_an_editable_file_inside_a_nested_repository(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "ws"
+    (root / "sub").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(root / "sub")], check=True)
+    (root / "sub" / "train.py").write_text(TRAIN)
+    (root / "eval.py").write_text("print('METRIC score=1')\n")
+    rc = main(["-C", str(root), "init", "--command", "python eval.py", "--metric", "score", "--editable",
+               "sub/train.py", "--fixed", "eval.py", "--direction", "higher", "--budget", "5", "--tag", "t"])
+    assert rc != 0
+    assert "inside the git submodule or nested repository sub" in capsys.readouterr().err
+
+
+def test_a_proposal_that_turns_the_editable_file_into_a_symlink_is_refused(tmp_path: Path) -> None:
+    root = make_toy(tmp_path / "ws")
+    assert cli(root, "experiment", "-d", "baseline") == 0
+    hidden = tmp_path / "elsewhere.py"
+    hidden.write_text(TRAIN.replace("0.01", "0.0316"))
+    (root / "train.py").unlink()
+    (root / "train.py").symlink_to(hidden)
+    assert cli(root, "experiment", "-d", "symlink", "--asi", '{"hypothesis": "h"}') == 0
+    last = runs(root)[-1]
+    assert last.status == "checks_failed" and "symbolic link" in last.asi["rollback_reason"]
+    assert not (root / "train.py").is_symlink()
+
+
+def test_experiment_refuses_a_detached_head(tmp_path: Path, capsys) -> None:
+    root = make_toy(tmp_path / "ws")
+    assert cli(root, "experiment", "-d", "baseline") == 0
+    git(root, "checkout", "-q", "--detach", "HEAD")
+    set_constant(root, "LR", "0.02")
+    assert cli(root, "experiment", "-d", "LR 0.02", "--asi", '{"hypothesis": "h"}') != 0
+    assert "HEAD is detached" in capsys.readouterr().err
+    assert len(runs(root)) == 1
+
+
+def test_a_commit_made_during_the_run_is_saved_and_never_reverted_in_place_of_ours(tmp_path: Path) -> None:
+    root = make_toy(tmp_path / "ws")
+    # in the workspace itself (sandbox "off"), so that the run can reach the repository
+    text = (root / "autoresearch.toml").read_text()
+    assert 'sandbox = "auto"' in text
+    (root / "autoresearch.toml").write_text(text.replace('sandbox = "auto"', 'sandbox = "off"'))
+    git(root, "commit", "-qam", "run in the workspace")
+    assert cli(root, "experiment", "-d", "baseline") == 0
+    sneaky = ("import subprocess, os\nws = os.environ['SNEAKY_WS']\n"
+              "open(os.path.join(ws, 'extra.txt'), 'w').write('x')\n"
+              "subprocess.run(['git', '-C', ws, 'add', 'extra.txt'])\n"
+              "subprocess.run(['git', '-C', ws, 'commit', '-qm', 'foreign'])\n")
+    set_constant(root, "LR", "0.0316")  # a keep, but for the foreign commit
+    (root / "train.py").write_text((root / "train.py").read_text() + sneaky)
+    res = cli_proc(root, "experiment", "-d", "LR 0.0316 + a foreign commit", "--asi", '{"hypothesis": "h"}',
+                   env={"SNEAKY_WS": str(root)})
+    assert res.returncode == 0, res.stderr
+    last = runs(root)[-1]
+    assert last.status == "checks_failed" and "HEAD moved during the run" in last.asi["rollback_reason"]
+    saved = git(root, "rev-parse", f"refs/autoresearch/moved/run-{last.run}")
+    assert git(root, "log", "-1", "--format=%s", saved) == "foreign"  # nothing lost
+    assert git(root, "rev-parse", "--abbrev-ref", "HEAD") == "autoresearch/t"
+    assert git(root, "log", "-1", "--format=%s").startswith("Revert")  # our commit, reverted; not theirs
+    assert "extra.txt" not in git(root, "ls-files") and "0.0316" not in (root / "train.py").read_text()
+    assert git(root, "status", "--porcelain") == ""
+
+
+HELDOUT = "print('METRIC hscore=0.5')\n"
+
+
+def _with_heldout(root: Path) -> None:
+    (root / "heldout.py").write_text(HELDOUT)
+    text = (root / "autoresearch.toml").read_text()
+    text = text.replace("[session]\n", '[session]\nheldout_metric = "hscore"\nheldout_command = "python heldout.py"\n', 1)
+    (root / "autoresearch.toml").write_text(text)
+    git(root, "add", "heldout.py", "autoresearch.toml")
+    git(root, "commit", "-qm", "held-out evaluation")
+
+
+@pytest.mark.parametrize("kills", [1, 2])
+def test_a_kill_during_the_heldout_evaluation_resumes_it_and_keeps_the_run(tmp_path: Path, kills: int) -> None:
+    root = make_toy(tmp_path / "ws")
+    _with_heldout(root)
+    assert cli(root, "experiment", "-d", "baseline") == 0
+    set_constant(root, "LR", "0.0316")  # better: a keep
+    res = cli_proc(root, "experiment", "-d", "LR 0.0316", "--asi", '{"hypothesis": "h"}',
+                   env={"AUTORESEARCH_FAULT": "before_heldout"})
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    kept_commit = git(root, "rev-parse", "HEAD")
+    for _ in range(kills - 1):  # killed again while resuming: still resumable
+        res = cli_proc(root, "resume", env={"AUTORESEARCH_FAULT": "before_heldout"})
+        assert res.returncode == -signal.SIGKILL, res.stderr
+    res = cli_proc(root, "resume")
+    assert res.returncode == 0, res.stderr
+    assert "finished its held-out evaluation" in res.stdout
+    last = runs(root)[-1]
+    assert last.status == "keep" and last.raw["heldout"] == {"hscore": 0.5}
+    assert git(root, "rev-parse", "HEAD") == kept_commit  # not reverted
+    assert not (root / ".autoresearch" / "state.json").exists()
+    assert [d["run"] for d in lines(root) if "run" in d] == [1, 2]
+    assert os.environ.get("AUTORESEARCH_FAULT") is None
