@@ -37,6 +37,9 @@ class Sample:
     checks_failure: str | None  # the first post-run check that failed (harness.checks)
     notes: dict[str, Any]  # integrity notes for the ASI
     channel_failure: str | None = None  # the result channel's own verdict (several evaluations), judged by the checks
+    train_s: float | None = None  # with a separate evaluation process: the run's own wall time (its training)
+    eval_s: float | None = None  # that evaluation's wall time, which never counts against the budget
+    tampered: tuple[str, ...] = ()  # fixed files the run changed in its own checkout
 
     def value(self, metric: str) -> float | None:
         return None if self.failure or self.checks_failure else self.metrics.get(metric)
