@@ -8,6 +8,8 @@ What counts as "a process of the run" (Linux, via /proc):
 * every process whose environment carries this run's random AUTORESEARCH_RUN_TOKEN, searched in
   /proc/*/environ at cleanup: this catches double-forked daemons that reparented to init before any
   snapshot saw them.
+If the controller itself is SIGKILLed, nothing above runs; `with_parent_death` makes the run's root
+die with it (Linux `PR_SET_PDEATHSIG`), and the sandbox's PID namespace takes the rest.
 Not caught: a process that escaped the group *and* lost its parent link within one poll interval
 *and* exec'd with a cleaned environment (`env -i`); processes of another user; with no /proc (macOS)
 only the process group is killed.
@@ -19,8 +21,9 @@ import collections
 import contextlib
 import os
 import signal
+import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 KILL_WAIT_S = 5.0  # after SIGKILL, how long to wait for the processes to be gone
@@ -183,3 +186,42 @@ def kill_group(pgid: int, grace_s: float) -> int:
         return {p: s.starttime for p, s in read_procs().items() if s.pgrp == pgid and s.state not in _DEAD}
 
     return terminate(pgid, grace_s, members)[0]
+
+
+# ---- dying with the controller ----
+
+# Run as `python -I -S -c HELPER PARENT_PID LC_CTYPE ARGV...`: set PR_SET_PDEATHSIG (1) to SIGKILL (9)
+# on ourselves, then exec ARGV, which keeps it (exec only clears it for set-uid programs). A helper and
+# not Popen's preexec_fn, which can deadlock when the controller has other threads. If the controller
+# died between fork and prctl, no signal will ever come: getppid() is then no longer it, so exit at
+# once. LC_CTYPE is "=" + the caller's value or "-" for none: Python's C-locale coercion (PEP 538, not
+# disabled by -I) sets LC_CTYPE=C.UTF-8 in our environment, and the run must get exactly its own.
+_PDEATHSIG_HELPER = """\
+import ctypes, os, sys
+if ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0) != 0:
+    print("[runner] prctl(PR_SET_PDEATHSIG):", os.strerror(ctypes.get_errno()), file=sys.stderr)
+    os._exit(126)
+if os.getppid() != int(sys.argv[1]):
+    os._exit(137)
+if sys.argv[2] == "-":
+    os.environ.pop("LC_CTYPE", None)
+else:
+    os.environ["LC_CTYPE"] = sys.argv[2][1:]
+try:
+    os.execvp(sys.argv[3], sys.argv[3:])
+except OSError as e:
+    print(f"{sys.argv[3]}: {e.strerror}", file=sys.stderr)
+    os._exit(127)
+"""
+
+
+def with_parent_death(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """`argv`, run so that it gets SIGKILL when the process that starts it dies (Linux; elsewhere
+    `argv` unchanged); `env` is the environment it will be started with. Linux sends the signal when the *thread* that forked exits, so start it with
+    Popen from a thread that outlives the child (the runner Popens from its caller's thread, which
+    waits for the run). Only the root gets it: a run's other processes die with it only inside a PID
+    namespace (the sandbox's), whose processes all die with its first one."""
+    if not sys.platform.startswith("linux"):
+        return list(argv)
+    lc_ctype = "-" if "LC_CTYPE" not in env else "=" + env["LC_CTYPE"]
+    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_HELPER, str(os.getpid()), lc_ctype, *argv]

@@ -1,8 +1,11 @@
 """Run one experiment command under a hard time limit, log all of it, and leave nothing behind.
 
-The child runs `/bin/bash -c command` in its own session, so the terminal's Ctrl-C never reaches it
-and the whole tree can be signalled at once. Its combined output goes to the log file as it arrives;
-a bounded tail is kept for `run.log`. When the run ends (timeout, cancel, or a normal exit that left
+The child runs `/bin/bash -c command` (or the caller's argv, e.g. bwrap around it) in its own session,
+so the terminal's Ctrl-C never reaches it and the whole tree can be signalled at once. Its combined
+output is read as it arrives by one thread that scrubs secret values, writes it to the log (up to a
+cap; the pipe is drained regardless), keeps a bounded tail for `run.log` and parses the metrics
+(`harness.metrics.MetricScanner`): the controller's memory stays constant whatever the run prints,
+and nobody reads the log back. When the run ends (timeout, cancel, or a normal exit that left
 background processes) every process of the run is stopped: SIGTERM, `grace_s`, SIGKILL. What counts
 as a process of the run, and how it is found, is `harness.procgroup`; the live progress line on
 stderr is `harness.progress`.
@@ -17,18 +20,21 @@ import os
 import resource
 import secrets
 import select
+import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from harness.procgroup import KILL_WAIT_S, TOKEN_VAR, RunTree, terminate
+from harness.metrics import MetricScanner
+from harness.procgroup import KILL_WAIT_S, TOKEN_VAR, RunTree, terminate, with_parent_death
 from harness.progress import Display
+from harness.secrets import StreamScrubber
 
 POLL_S = 0.2  # timeout/cancel checks and /proc snapshots (~5x/s)
 CHUNK = 1 << 16  # pipe read size: memory is O(CHUNK + tail), whatever the run prints
@@ -48,6 +54,9 @@ class RunResult:
     peak_rss_mb: float | None  # peak summed RSS of the process tree, MiB; None if unmeasurable
     tail: str  # last tail_lines lines of output, plus [runner] notes
     log_path: Path
+    metrics: dict[str, float] = field(default_factory=dict)  # metrics.parse_metrics of all the output
+    # every distinct value each METRIC name was printed with, in order (at most metrics.MAX_VALUES)
+    metric_values: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -118,21 +127,39 @@ class TailBuffer:
 # ---- output ----
 
 
-class _Reader(threading.Thread):
-    """Copies the child's output to the log as it arrives and keeps the tail. It waits on nothing but
-    the pipe, so a slow terminal or a busy main loop never stalls the child."""
+def _size(n: int) -> str:
+    """A byte count for a reader: 64 MiB, 1.7 MiB, 256 KiB, 12 B."""
+    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} B"
 
-    def __init__(self, pipe: IO[bytes], log: IO[bytes], tail_lines: int) -> None:
+
+class _Reader(threading.Thread):
+    """Copies the child's output to the log as it arrives, keeps the tail and parses the metrics. It
+    waits on nothing but the pipe, so a slow terminal or a busy main loop never stalls the child."""
+
+    def __init__(
+        self,
+        pipe: IO[bytes],
+        log: IO[bytes],
+        tail_lines: int,
+        cap: int | None,
+        scrubber: StreamScrubber | None,
+    ) -> None:
         super().__init__(name="runner-output", daemon=True)
-        self.fd, self.log = pipe.fileno(), log
+        self.fd, self.log, self.cap, self.scrubber = pipe.fileno(), log, cap, scrubber
         self.tail = TailBuffer(tail_lines)
+        self.scanner = MetricScanner()  # only this thread touches it until finish()
         self.lock = threading.Lock()
         self.stop = threading.Event()
-        self.ends_with_newline = True
+        self.ends_with_newline = True  # of what the log holds
         self.log_error: OSError | None = None
+        self.written = 0  # output bytes in the log
+        self.dropped = 0  # output bytes read past the cap
+        self._decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
 
     def run(self) -> None:
-        decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
         poller = select.poll()  # not select.select: fds above 1024 are possible in a long-lived harness
         poller.register(self.fd, select.POLLIN)
         while not self.stop.is_set():
@@ -141,18 +168,31 @@ class _Reader(threading.Thread):
             data = os.read(self.fd, CHUNK)
             if not data:
                 break
-            if self.log_error is None:  # a full disk must not stop us draining the pipe
-                try:
-                    self.log.write(data)
-                    self.log.flush()
-                except OSError as e:
-                    self.log_error = e
-            self.ends_with_newline = data.endswith(b"\n")
-            text = decode(data)
-            with self.lock:
-                self.tail.feed(text)
+            self._take(self.scrubber.feed(data) if self.scrubber else data)
+        if self.scrubber:
+            self._take(self.scrubber.flush())
+        text = self._decode(b"", final=True)
+        self.scanner.feed(text).close()
         with self.lock:
-            self.tail.feed(decode(b"", final=True))
+            self.tail.feed(text)
+
+    def _take(self, data: bytes) -> None:
+        if not data:
+            return
+        room = len(data) if self.cap is None else max(0, min(len(data), self.cap - self.written))
+        if room and self.log_error is None:  # a full disk must not stop us draining the pipe
+            try:
+                self.log.write(data[:room] if room < len(data) else data)
+                self.log.flush()
+                self.ends_with_newline = data[room - 1 : room] == b"\n"
+            except OSError as e:
+                self.log_error = e
+        self.written += room
+        self.dropped += len(data) - room
+        text = self._decode(data)
+        self.scanner.feed(text)
+        with self.lock:
+            self.tail.feed(text)
 
     def finish(self, wait_s: float) -> bool:
         """Wait for EOF; give up after wait_s if a process we could not kill holds the pipe open."""
@@ -165,6 +205,17 @@ class _Reader(threading.Thread):
     def last_line(self) -> str:
         with self.lock:
             return self.tail.last_line()
+
+    def notes(self) -> list[str]:
+        notes = []
+        if self.dropped:
+            notes.append(
+                f"[runner] log capped at {_size(self.written)}; the rest of the output ({_size(self.dropped)}) "
+                "was read but not written"
+            )
+        if self.log_error is not None:
+            notes.append(f"[runner] writing the log failed, it is incomplete ({self.log_error})")
+        return notes
 
 
 # ---- the runner ----
@@ -198,7 +249,9 @@ def _children_maxrss_bytes() -> int:
     return maxrss if sys.platform == "darwin" else maxrss * 1024
 
 
-def _child_env(extra: Mapping[str, str], token: str) -> dict[str, str]:
+def _child_env(extra: Mapping[str, str], token: str, inherit: bool) -> dict[str, str]:
+    if not inherit:  # the caller's allowlist, PATH included (the sandbox computes it)
+        return {"PYTHONUNBUFFERED": "1", **extra, TOKEN_VAR: token}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra, TOKEN_VAR: token}
     # `python` in the command must be the harness's interpreter (its venv), not whatever PATH finds
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
@@ -243,9 +296,23 @@ def run_command(
     progress: bool | None = None,
     cancel: Callable[[], bool] | None = None,
     label: str = "",
+    argv: Sequence[str] | None = None,
+    inherit_env: bool = True,
+    parent_death: bool = False,
+    log_cap_bytes: int | None = None,
+    redact: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Run `command` with bash in `cwd`; see the module docstring for how the run is contained.
-    Raises RunnerError only if it cannot start; any exit status (127 for a missing program) is a result."""
+    Raises RunnerError only if it cannot start; any exit status (127 for a missing program) is a result.
+
+    argv: run this instead of `/bin/bash -c command` (`command` still names the run in the log).
+    inherit_env: False gives the child exactly `env`, plus PYTHONUNBUFFERED=1 and the run token: no
+      variable of ours, and PATH as `env` has it (True: ours, `env` over it, our interpreter first on PATH).
+    parent_death: the child gets SIGKILL if the controller dies (Linux; `procgroup.with_parent_death`).
+      Linux sends it when the forking *thread* exits: we Popen from the calling thread, which waits here.
+    log_cap_bytes: the log stops growing after this much output, with a note; the pipe is still
+      drained, and the tail and the metrics still see all of it.
+    redact: {secret value: variable name}, masked in the log, the tail and what the metrics see."""
     cwd, log_path = Path(cwd), Path(log_path)
     if not cwd.is_dir():
         raise RunnerError(f"cannot run {command!r}: working directory {cwd} does not exist")
@@ -268,11 +335,19 @@ def run_command(
         token = secrets.token_hex(8)
         maxrss_before = _children_maxrss_bytes()
         t0 = time.monotonic()
+        child_env = _child_env(env, token, inherit_env)
+        args = ["/bin/bash", "-c", command] if argv is None else list(argv)
+        if parent_death:
+            if (
+                shutil.which(args[0], path=child_env.get("PATH", os.defpath)) is None
+            ):  # the helper would exit 127
+                raise RunnerError(f"cannot start {command!r}: {args[0]} not found")
+            args = with_parent_death(args, child_env)
         try:
             proc = subprocess.Popen(
-                ["/bin/bash", "-c", command],
+                args,
                 cwd=cwd,
-                env=_child_env(env, token),
+                env=child_env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -282,7 +357,8 @@ def run_command(
             raise RunnerError(f"cannot start {command!r} in {cwd}: {e}") from e
         assert proc.stdout is not None
         tree = RunTree(proc.pid, token)
-        reader = _Reader(proc.stdout, log, tail_lines)
+        scrubber = StreamScrubber(redact) if redact else None
+        reader = _Reader(proc.stdout, log, tail_lines, log_cap_bytes, scrubber)
         reader.start()
 
         def find() -> dict[int, int]:
@@ -300,8 +376,7 @@ def run_command(
             got_eof = reader.finish(wait_s=2.0)
             proc.stdout.close()
             notes = describe_end(outcome, timeout_s, grace_s, found, stubborn, survived, got_eof)
-            if reader.log_error is not None:
-                notes.append(f"[runner] writing the log failed, it is incomplete ({reader.log_error})")
+            notes += reader.notes()
             for note in notes:
                 reader.tail.note(note)
             newline = "" if reader.ends_with_newline else "\n"
@@ -324,5 +399,13 @@ def run_command(
         Path(tail_path).parent.mkdir(parents=True, exist_ok=True)
         Path(tail_path).write_text(tail + "\n" if tail else "", encoding="utf-8")
     return RunResult(
-        exit_code, outcome == "timeout", outcome == "cancel", wall_s, peak_rss_mb, tail, log_path
+        exit_code,
+        outcome == "timeout",
+        outcome == "cancel",
+        wall_s,
+        peak_rss_mb,
+        tail,
+        log_path,
+        reader.scanner.result(),
+        reader.scanner.metric_values(),
     )

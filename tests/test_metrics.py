@@ -11,7 +11,16 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.metrics import parse_metric_lines, parse_metrics, parse_number, parse_summary_block
+from harness.metrics import (
+    MAX_ABS,
+    MAX_LINE_CHARS,
+    MAX_VALUES,
+    MetricScanner,
+    parse_metric_lines,
+    parse_metrics,
+    parse_number,
+    parse_summary_block,
+)
 
 # The tail of a real karpathy/autoresearch train.py run (with a warning inside the block).
 KARPATHY_LOG = """\
@@ -38,6 +47,30 @@ def test_parse_number():
     assert parse_number("7") == 7.0
     for bad in ("nan", "NaN", "inf", "-inf", "Infinity", "1e999", "abc", "", "0.5x", "1.2.3"):
         assert parse_number(bad) is None, bad
+
+
+def test_parse_number_is_ascii_finite_and_bounded():
+    # float() takes all of these; none is a metric a run meant to print
+    for bad in (
+        "1_000",
+        "١٢٣",
+        "１２３",
+        "1e308",
+        "-1e308",
+        "-1e15",
+        "1e15",
+        "1000000000000000",
+        " 1",
+        "1 ",
+        "+nan",
+        "0x10",
+    ):
+        assert parse_number(bad) is None, bad
+    assert parse_number("999999999999999") == 999999999999999.0
+    assert parse_number("-999999999999999.9") == -999999999999999.9
+    assert parse_number("1e14") == 1e14 and parse_number(".5") == 0.5 and parse_number("5.") == 5.0
+    assert parse_number("+1E-3") == 0.001 and MAX_ABS == 1e15
+    assert parse_metrics("METRIC x=1e308\nMETRIC y=1_000\nMETRIC z=١٢٣\n---\nw: 1e300\n") == {}
 
 
 # ------------------------------------------------------------------ METRIC lines
@@ -142,7 +175,7 @@ def test_parse_metrics_merges_both_contracts():
 names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,15}", fullmatch=True).filter(
     lambda n: n not in {"__proto__", "constructor", "prototype"}
 )
-finite = st.floats(allow_nan=False, allow_infinity=False)
+finite = st.floats(min_value=-MAX_ABS, max_value=MAX_ABS, exclude_min=True, exclude_max=True)
 # noise without line breaks (str.splitlines also splits on \x1c-\x1e, \x85, \u2028, ...) and
 # without the word METRIC, so it cannot pose as a metric line
 noise = st.text(

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.procgroup import descendants, kill_group, parse_stat
+from harness.metrics import parse_metrics
+from harness.procgroup import descendants, kill_group, parse_stat, with_parent_death
 from harness.progress import progress_line
 from harness.runner import (
     MAX_LINE,
@@ -361,3 +362,155 @@ def test_kill_group(tmp_path):
     assert kill_group(proc.pid, 0.5) == 1
     assert proc.wait(timeout=5) == -15
     assert kill_group(proc.pid, 0.5) == 0
+
+
+# ---- bounded output, metrics from the stream, redaction, environment, parent death ----
+
+
+def test_argv_replaces_bash_and_command_names_the_run(tmp_path):
+    r = run("the label", tmp_path, argv=["/bin/echo", "METRIC x=2"])
+    assert r.ok and r.tail == "METRIC x=2" and r.metrics == {"x": 2.0}
+    assert r.log_path.read_text().startswith("[runner] command: the label\n")
+
+
+def test_metrics_parsed_from_the_stream_like_the_whole_log(tmp_path):
+    r = run(
+        "printf 'METRIC loss=3\\n---\\nval_bpb: 0.9\\ndepth: 4\\nMETRIC loss=2\\nMETRIC loss=3\\nMETRIC val_bpb=0.5'",
+        tmp_path,
+    )
+    assert r.metrics == {"val_bpb": 0.5, "depth": 4.0, "loss": 3.0}  # the unfinished last line counts
+    assert r.metric_values == {"loss": (3.0, 2.0), "val_bpb": (0.5,)}
+    assert r.metrics == parse_metrics(r.log_path.read_text())
+
+
+def test_metrics_split_across_chunk_boundaries(tmp_path):
+    # each piece is its own write, 50 ms apart, so the reader sees them as separate chunks
+    pieces = ["METR", "IC a=1", ".5\n--", "-\r", "b:  ", "7\nMETRIC c=", "2\n"]
+    cmd = script(
+        tmp_path,
+        f"import sys, time\nfor p in {pieces!r}:\n    sys.stdout.write(p); sys.stdout.flush(); time.sleep(0.05)\n",
+    )
+    r = run(cmd, tmp_path)
+    assert r.metrics == {"a": 1.5, "b": 7.0, "c": 2.0}
+
+
+def test_log_cap_is_honoured_and_noted_and_metrics_are_parsed_past_it(tmp_path):
+    cap = 256 * 2**10
+    cmd = script(
+        tmp_path,
+        "import sys\nw = sys.stdout.buffer.write\nw(b'METRIC early=1\\n')\n"
+        "for _ in range(2000): w(b'y' * 999 + b'\\n')\nw(b'---\\nval_bpb: 0.75\\nMETRIC late=2\\n')\n",
+    )
+    r = run(cmd, tmp_path, log_cap_bytes=cap, tail_lines=3)
+    log = r.log_path.read_bytes()
+    header = log.index(b"METRIC early=1")
+    notes = log.index(b"\n[runner] log capped") + 1
+    assert notes - header <= cap + 1  # the output part of the log (plus the newline before the note)
+    assert len(log) < cap + 2000
+    assert (
+        log.count(
+            b"[runner] log capped at 256 KiB; the rest of the output (1.7 MiB) was read but not written"
+        )
+        == 1
+    )
+    assert b"METRIC late=2" not in log
+    assert r.metrics == {"early": 1.0, "val_bpb": 0.75, "late": 2.0}
+    assert r.tail.split("\n") == ["val_bpb: 0.75", "METRIC late=2", log.decode().splitlines()[-2]]
+    assert "log capped" in r.tail
+
+
+def test_huge_line_without_newline_does_not_blow_memory(tmp_path):
+    cmd = script(
+        tmp_path,
+        "import sys\nw = sys.stdout.buffer.write\nfor _ in range(50): w(b'z' * 2**20)\nw(b'\\nMETRIC after=1\\n')\n",
+    )
+    tracemalloc.start()
+    r = run(cmd, tmp_path, log_cap_bytes=2**20)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert r.ok and r.metrics == {"after": 1.0}
+    assert peak < 5 * 2**20, f"runner held {peak / 2**20:.1f} MiB"
+    assert r.log_path.stat().st_size < 2**20 + 2000
+
+
+def test_redaction_across_chunk_boundaries_in_log_and_tail(tmp_path):
+    secret = "sk-abcdefghijklmnop0123456789"
+    pieces = [f"key={secret[:9]}", f"{secret[9:]}\nagain {secret}", "\n"]
+    cmd = script(
+        tmp_path,
+        f"import sys, time\nfor p in {pieces!r}:\n    sys.stdout.write(p); sys.stdout.flush(); time.sleep(0.05)\n",
+    )
+    r = run(cmd, tmp_path, redact={secret: "ANTHROPIC_API_KEY"})
+    log = r.log_path.read_text()
+    assert secret not in log and secret[:9] + "\n" not in log and secret not in r.tail
+    assert r.tail == "key=[redacted ANTHROPIC_API_KEY]\nagain [redacted ANTHROPIC_API_KEY]"
+    assert log.count("[redacted ANTHROPIC_API_KEY]") == 2
+
+
+def test_inherit_env_false_leaks_no_parent_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_TEST_LEAK", "leaked")
+    r = run("env", tmp_path, env={"PATH": "/usr/bin:/bin", "MINE": "1"}, inherit_env=False, parent_death=True)
+    names = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in r.tail.split("\n")}
+    assert set(names) - {"PWD", "SHLVL", "_"} == {
+        "PATH",
+        "MINE",
+        "PYTHONUNBUFFERED",
+        "AUTORESEARCH_RUN_TOKEN",
+    }
+    assert names["PATH"] == "/usr/bin:/bin"  # not rewritten: the caller computed it
+    r = run("env", tmp_path, env={"MINE": "1"})  # the default still inherits
+    assert "AUTORESEARCH_TEST_LEAK=leaked" in r.tail
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and running(int(name)):
+            try:
+                if marker.encode() in Path(f"/proc/{name}/cmdline").read_bytes():
+                    found.append(int(name))
+            except OSError:
+                pass
+    return found
+
+
+@needs_proc
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+@pytest.mark.parametrize("parent_death", [True, False])
+def test_run_dies_with_a_sigkilled_controller(tmp_path, parent_death):
+    marker = f"autoresearch-test-pdeath-{os.getpid()}-{parent_death}"
+    controller = tmp_path / "controller.py"
+    controller.write_text(
+        "import sys\nfrom pathlib import Path\nfrom harness.runner import run_command\n"
+        f"run_command('exec -a {marker} sleep 60', Path({str(tmp_path)!r}), env={{}}, timeout_s=60,\n"
+        f"            log_path=Path({str(tmp_path / 'c.log')!r}), progress=False, parent_death={parent_death})\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(controller)], cwd=Path(__file__).parents[1])
+    deadline = time.monotonic() + 10
+    while not (found := _processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert found, "the run never started"
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 2
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    left = _processes_with(marker)
+    for pid in left:  # the control case: without parent death the run is orphaned
+        os.kill(pid, 9)
+    assert bool(left) is not parent_death
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_parent_death_helper_exits_if_its_parent_is_already_gone(tmp_path):
+    marker = tmp_path / "ran"
+    argv = with_parent_death(["touch", str(marker)], {})
+    argv[argv.index(str(os.getpid()))] = "1"  # as if the controller had died before prctl
+    assert subprocess.run(argv).returncode == 137 and not marker.exists()
+    argv = with_parent_death(["touch", str(marker)], {})
+    assert subprocess.run(argv).returncode == 0 and marker.exists()
+
+
+def test_parent_death_missing_program_is_a_runner_error(tmp_path):
+    with pytest.raises(RunnerError, match="not found"):
+        run("x", tmp_path, argv=["no-such-program-xyz"], parent_death=True)
