@@ -211,3 +211,65 @@ def test_parse_never_raises_on_arbitrary_text(text):
 def test_parse_never_raises_on_contract_like_soup(lines):
     out = parse_metrics("\n".join(lines))
     assert set(out) <= {"a", "b"}
+
+
+# ------------------------------------------------------------------ the incremental scanner
+
+
+def scan(chunks: list[str]) -> MetricScanner:
+    scanner = MetricScanner()
+    for chunk in chunks:
+        scanner.feed(chunk)
+    return scanner
+
+
+def test_scanner_every_split_point_agrees_with_the_whole_text():
+    text = KARPATHY_LOG + "METRIC a=1\r\nMETRIC b=2\rprogress 10%\rMETRIC c=3\n---\nval_bpb: 0.5\n"
+    whole = parse_metrics(text)
+    assert whole == {"val_bpb": 0.5, "a": 1.0, "b": 2.0, "c": 3.0}
+    for i in range(len(text) + 1):
+        for j in range(i, min(len(text), i + 40) + 1):
+            assert scan([text[:i], text[i:j], text[j:]]).close().result() == whole, (i, j)
+
+
+def test_scanner_result_counts_the_unfinished_line_without_consuming_it():
+    scanner = scan(["---\nval: 1\nMETRIC x=", "1"])
+    assert scanner.result() == {"val": 1.0, "x": 1.0}
+    scanner.feed("5\n")
+    assert scanner.result() == {"val": 1.0, "x": 15.0} and scanner.metric_values() == {"x": (15.0,)}
+
+
+def test_scanner_overlong_line_is_skipped_and_not_held():
+    scanner = MetricScanner().feed("METRIC a=1\nMETRIC b=")
+    for _ in range(200):  # 12.8 MB of one line, in pipe-sized chunks
+        scanner.feed("9" * 2**16)
+        assert len(scanner._partial) <= MAX_LINE_CHARS
+    scanner.feed("\nMETRIC c=3")
+    assert scanner.close().result() == {"a": 1.0, "c": 3.0}
+    # the same rule inside one chunk, so the whole text and the stream agree
+    assert parse_metrics("METRIC b=" + "9" * MAX_LINE_CHARS + "\nMETRIC c=3\n") == {"c": 3.0}
+
+
+def test_scanner_metric_values_are_distinct_in_order_and_capped():
+    lines = [f"METRIC loss={v}" for v in [3, 2, 3, 1, *range(10, 30)]]
+    values = parse_values("\n".join([*lines, "METRIC acc=nan", "METRIC acc=0.5"]))
+    assert values["loss"] == (3.0, 2.0, 1.0, *range(10, 10 + MAX_VALUES - 3))
+    assert values["acc"] == (0.5,)
+
+
+def parse_values(text: str) -> dict[str, tuple[float, ...]]:
+    return MetricScanner().feed(text).close().metric_values()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["---", "METRIC a=1", "a: 2", "b:  3", "METRIC b=4", "", "x", "\r", "METRIC a=5"])
+    ),
+    st.data(),
+)
+def test_scanner_any_chunking_agrees_with_the_whole_text(lines, data):
+    text = "\n".join(lines)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=6)))
+    chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    assert scan(chunks).close().result() == parse_metrics(text)
