@@ -78,9 +78,9 @@ class Config:
     learn_every: int = 5  # LLM agents rewrite the notes' learnings every N experiments (0 = never)
     # --- integrity (README "Metric integrity")
     metric_source: MetricSource = "stdout"  # "result_file": the primary metric only via AUTORESEARCH_RESULT_FILE
-    startup_allowance_s: float = 60.0  # training may run this long beyond the budget (start-up, compile) ...
+    startup_allowance_s: float = 30.0  # training may run this long beyond the budget (start-up, compile) ...
     startup_allowance_frac: float = 0.25  # ... plus this share of the budget (integrity.over_budget)
-    eval_allowance_s: float = 60.0  # stdout targets only: the in-process evaluation's share of the run's wall time
+    eval_allowance_s: float = 30.0  # stdout targets only: the in-process evaluation's share of the run's wall time
     audit: bool = True  # statically audit each proposal's diff for known ways of gaming the metric
     # --- noise (README "Noise-aware keeps")
     calibrate: int = 0  # run the baseline this many times (>= 2) with different seeds to measure the noise

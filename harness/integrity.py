@@ -145,17 +145,29 @@ def audit_patch(patch: str, fixed_files: list[str], names: set[str]) -> list[Fin
     return findings
 
 
-def allowance_s(budget_s: float, startup_s: float, eval_s: float) -> float:
-    """The wall time a valid run may take: training budget + startup + evaluation."""
-    return budget_s + startup_s + eval_s
+def allowance_s(budget_s: float, startup_s: float, frac: float, eval_s: float | None = None) -> float:
+    """The time a valid run may take (README "Metric integrity", the budget rule): the training budget,
+    plus a start-up allowance that grows with the budget (`startup_s + frac * budget_s`: compilation and
+    data loading are fixed costs, but a longer run also checkpoints and logs more), plus, only when the
+    evaluation runs inside the run's own process (stdout targets), `eval_s` for it."""
+    return budget_s + startup_s + frac * budget_s + (eval_s or 0.0)
 
 
-def over_budget(wall_s: float, budget_s: float, startup_s: float, eval_s: float) -> str | None:
-    limit = allowance_s(budget_s, startup_s, eval_s)
-    if wall_s <= limit:
+def over_budget(train_s: float, budget_s: float, startup_s: float, frac: float,
+                eval_s: float | None = None) -> str | None:
+    """None when the run trained within its allowance, else the checks_failed reason.
+
+    `train_s` is the training time: with a separate evaluation process, the run's own wall time (it
+    ends before the evaluation starts), so a slow evaluation on a loaded machine never counts; for a
+    stdout target, the whole run, with `eval_s` allowed for its in-process evaluation."""
+    limit = allowance_s(budget_s, startup_s, frac, eval_s)
+    if train_s <= limit:
         return None
-    return (f"the run took {wall_s:.0f}s, over the allowance of {limit:g}s (budget {budget_s:g} + startup "
-            f"{startup_s:g} + evaluation {eval_s:g}): training past the budget is not a valid result")
+    parts = f"budget {budget_s:g} + start-up {startup_s:g} + {frac:g} x budget" + (
+        f" + evaluation {eval_s:g}" if eval_s else "")
+    what = "the run took" if eval_s is not None else "training took"
+    return (f"{what} {train_s:.0f}s, over the allowance of {limit:g}s ({parts}): training past the budget "
+            "is not a valid result")
 
 
 def read_results(path: Path) -> tuple[list[tuple[str, float]], list[str]]:

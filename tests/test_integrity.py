@@ -124,8 +124,13 @@ def test_read_results_tolerates_garbage(tmp_path: Path) -> None:
 
 
 def test_over_budget() -> None:
-    assert over_budget(100, 60, 20, 20) is None
-    assert "over the allowance of 100s" in over_budget(101, 60, 20, 20)
+    # a stdout target: the run's wall time, with an evaluation allowance
+    assert over_budget(115, 60, 20, 0.25, 20) is None
+    assert "the run took 116s, over the allowance of 115s" in over_budget(116, 60, 20, 0.25, 20)
+    # a separate evaluation: only the training counts, and the allowance grows with the budget
+    assert over_budget(95, 60, 20, 0.25) is None
+    assert "training took 96s, over the allowance of 95s" in over_budget(96, 60, 20, 0.25)
+    assert over_budget(10 + 10 + 2.5, 10, 10, 0.25) is None and over_budget(23, 10, 10, 0.25)
 
 
 # --------------------------------------------- adversarial train.py through the real loop
@@ -221,7 +226,7 @@ def test_training_past_the_budget_is_checks_failed(tmp_path: Path) -> None:
     config_mod.save(root, config_mod.with_overrides(cfg, time_budget_s=1.0))
     git(root, "commit", "-qam", "1 s budget")
     r = _try(root, TRAIN.replace("LR = 0.01", "LR = 0.03").replace("    evaluate(LR)", "    import time\n    time.sleep(2.5)\n    evaluate(LR)"))
-    assert r.status == "checks_failed" and "over the allowance of 2s" in r.asi["rollback_reason"]
+    assert r.status == "checks_failed" and "over the allowance of 2.25s" in r.asi["rollback_reason"]
     assert r.metrics["score"] > runs(root)[0].metric  # it would have been a keep
 
 
