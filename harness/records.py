@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from harness.agents.base import Proposal
 from harness.ledger import LedgerState, Segment, Status
+from harness.secrets import scrub_obj
 from harness.stats import Direction, is_better, mad_confidence
 
 RESULT_STATUSES: tuple[Status, ...] = ("keep", "discard")  # the statuses whose metric is a result
@@ -75,7 +76,10 @@ def run_line(
         rec["agent"] = agent
     if extra:
         rec.update(extra)
-    return rec
+    # a secret that reached a run anyway (a file, an argument) and was printed never reaches the ledger,
+    # nor what is made from it (the report, the agent's context)
+    scrubbed: dict[str, Any] = scrub_obj(rec)  # type: ignore[assignment]
+    return scrubbed
 
 
 def agent_field(name: str | None, proposal: Proposal) -> dict[str, Any]:

@@ -76,3 +76,13 @@ def test_agent_field_and_usage() -> None:
     assert agent_field(None, Proposal("baseline")) == {}
     assert add_usage({"input_tokens": 10, "cost_usd": 0.01, "model": "a"}, {"input_tokens": 5, "model": "b"}) == \
         {"input_tokens": 15, "cost_usd": 0.01, "model": "b"}
+
+
+def test_a_secret_value_in_a_run_line_is_redacted(monkeypatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-0123456789abcdef")
+    rec = run_line(run=3, commit="abc1234", status="crash", description="printed sk-ant-test-0123456789abcdef",
+                   metric=None, metrics={}, timestamp=1, segment=0, confidence=None,
+                   asi={"tail": "env: ANTHROPIC_API_KEY=sk-ant-test-0123456789abcdef\nTraceback"}, reason="exit 1")
+    text = repr(rec)
+    assert "sk-ant-test-0123456789abcdef" not in text
+    assert rec["asi"]["tail"].startswith("env: ANTHROPIC_API_KEY=[redacted ANTHROPIC_API_KEY]")
