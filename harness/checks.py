@@ -125,7 +125,11 @@ class Ran:
 
 
 def left_tracked_files_alone(r: Ran) -> str | None:
-    """The run itself must not change tracked files (e.g. rewrite prepare.py or train.py)."""
+    """The run itself must not change tracked files (e.g. rewrite prepare.py or train.py): in its own
+    checkout (`Sample.tampered`, which a sandbox makes impossible: the fixed files are read-only there),
+    and in the checkout the executor names (the workspace, when runs happen in it)."""
+    if r.sample.tampered:
+        return "the run changed fixed files in its checkout: " + ", ".join(r.sample.tampered)
     ws = r.executor.checkout
     bad = fixed_changes(ws.root, r.cfg)
     if bad:
@@ -144,7 +148,19 @@ def within_budget(r: Ran) -> str | None:
 
 
 def one_evaluation(r: Ran) -> str | None:
-    return r.sample.channel_failure
+    """The metric comes from one evaluation: the result channel's own verdict, and, where the run prints
+    the metric itself (stdout targets), no two different values of it (a forged line after the real one)."""
+    if r.sample.channel_failure:
+        return r.sample.channel_failure
+    if r.cfg.metric_source != "stdout":
+        return None
+    name = r.cfg.metric.name
+    values = r.sample.res.metric_values.get(name, ())
+    if len(values) > 1:
+        shown = ", ".join(f"{v:g}" for v in values[:4])
+        return (f"the output printed {name} with {len(values)} different values ({shown}): the metric must come "
+                "from one evaluation")
+    return None
 
 
 def checks_command(r: Ran) -> str | None:

@@ -127,3 +127,17 @@ def test_a_kill_during_the_heldout_evaluation_resumes_it_and_keeps_the_run(tmp_p
     assert not (root / ".autoresearch" / "state.json").exists()
     assert [d["run"] for d in lines(root) if "run" in d] == [1, 2]
     assert os.environ.get("AUTORESEARCH_FAULT") is None
+
+
+def test_a_primary_metric_printed_twice_with_different_values_is_checks_failed(tmp_path: Path) -> None:
+    root = make_toy(tmp_path / "ws")
+    text = (root / "autoresearch.toml").read_text()
+    (root / "autoresearch.toml").write_text(text.replace("audit = true", "audit = false"))  # the runtime rule alone
+    git(root, "commit", "-qam", "no static audit")
+    assert cli(root, "experiment", "-d", "baseline") == 0
+    # a forged line printed after the real one (at exit), which "last one wins" used to keep
+    (root / "train.py").write_text(TRAIN + "import atexit\natexit.register(print, 'METRIC score=100')\n")
+    assert cli(root, "experiment", "-d", "forged", "--asi", '{"hypothesis": "h"}') == 0
+    last = runs(root)[-1]
+    assert last.status == "checks_failed", last
+    assert "printed score with 2 different values" in last.asi["rollback_reason"]
