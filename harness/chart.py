@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from harness.ledger import LedgerState, Segment
-from harness.points import Point, fmt, kept_improvements, points, shorten
-from harness.stats import Direction, gain, improvement_pct, mad
+from harness.points import Point, clean_state, fmt, kept_improvements, number, pct, points, shorten
+from harness.stats import Direction, gain, mad
 
 COLORS = {"keep": "#1a9850", "discard": "#a0a0a0", "crash": "#d73027", "checks_failed": "#8e44ad",
           "baseline": "#2166ac", "best": "#1a9850"}
@@ -59,6 +59,7 @@ def draw_chart(state: LedgerState, title: str) -> Any:
     from matplotlib.transforms import blended_transform_factory
 
     Figure, FigureCanvasAgg = _mpl()
+    state = clean_state(state)
     segs = [s for s in state.segments if s.runs]
     panel_h = 5.2 if len(segs) <= 2 else 4.2
     top_in, bottom_in, gap_in = 1.0, 0.55, 0.85
@@ -155,8 +156,8 @@ def _draw_segment(ax: Any, seg: Segment, renderer: Any, strip: Any) -> None:
     assert b is not None  # a segment with a kept result has a baseline
     ax.scatter([b.run], [b.value], marker="*", s=170, color=COLORS["baseline"], edgecolors="white",
                linewidths=0.6, zorder=5)
-    imp = improvement_pct(best, base, d)
-    conf = seg.confidence
+    imp = pct(best, base, d)
+    conf = number(seg.confidence)
     ax.set_title(f"baseline {fmt(base)}  best {fmt(best)}"
                  + ("" if imp is None else f"  ({abs(imp):.2f}% {'better' if imp >= 0 else 'worse'})")
                  + (f"  confidence {conf:.1f}x" if conf is not None else ""), loc="right", fontsize=10)

@@ -75,7 +75,7 @@ class LiveLedger:
         self.bad += [replace(b, lineno=b.lineno + base) for b in parsed.bad_lines]
         self.lines += data[:end].count(b"\n")
         self.offset += end
-        self.state = ledger.fold(self.entries, tuple(self.bad))
+        self.state = points.clean_state(ledger.fold(self.entries, tuple(self.bad)))  # what views show
         return True
 
 

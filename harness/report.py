@@ -21,8 +21,8 @@ from typing import Any
 
 from harness.chart import chart_svg
 from harness.ledger import STATUSES, LedgerState, RunRecord
-from harness.points import Point, all_points, fmt, points, shorten
-from harness.stats import confidence_band, improvement_pct, mad
+from harness.points import Point, all_points, clean_state, fmt, number, pct, points, shorten
+from harness.stats import confidence_band, mad
 
 DIFF_MAX_LINES = 1500  # per kept run in the report
 
@@ -102,8 +102,8 @@ def summary_html(state: LedgerState) -> str:
     c = seg.counts()
     best_run = seg.best_run
     base, best, d = seg.baseline, seg.best, seg.direction
-    imp = improvement_pct(best, base, d)
-    conf = seg.confidence
+    imp = pct(best, base, d)
+    conf = number(seg.confidence)
     band = confidence_band(conf)
     values = [r.value for r in seg.runs if r.value is not None]
     noise = mad(values) if len(values) >= 3 else None
@@ -146,11 +146,11 @@ def _segments_table(state: LedgerState) -> str:
     rows = []
     for s in segs:
         c = s.counts()
-        conf = s.confidence
+        conf = number(s.confidence)
         rows.append(
             f"<tr><td>{s.index}</td><td>{esc(s.header.metric_name)} ({s.direction})</td><td>{len(s.runs)}</td>"
             f"<td>{c['keep']}/{c['discard']}/{c['crash']}/{c['checks_failed']}</td><td>{fmt(s.baseline)}</td>"
-            f"<td>{fmt(s.best)}</td><td>{_pct(improvement_pct(s.best, s.baseline, s.direction))}</td>"
+            f"<td>{fmt(s.best)}</td><td>{_pct(pct(s.best, s.baseline, s.direction))}</td>"
             f"<td>{'-' if conf is None else f'{conf:.2f}×'}</td></tr>")
     return ('<table class="segs"><thead><tr><th>segment</th><th>metric</th><th>runs</th>'
             "<th>keep/discard/crash/checks_failed</th><th>baseline</th><th>best</th><th>improvement</th>"
@@ -252,6 +252,7 @@ def chart_html(state: LedgerState, title: str) -> str:
 
 
 def report_html(state: LedgerState, root: Path, title: str) -> str:
+    state = clean_state(state)  # the values every view shows (harness.points)
     kept = [p.r.commit for p in all_points(state) if p.kept and not p.baseline]
     return page_html(state, root, title=title, chart=chart_html(state, title), diffs=kept_diffs(root, kept))
 

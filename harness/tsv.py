@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from harness.ledger import RunRecord, Status, header_line
+from harness.points import clean_run
 from harness.records import Standing, run_line
 from harness.stats import Direction
 
@@ -33,7 +34,7 @@ def tsv_text(runs: Iterable[RunRecord], metric_column: str = "val_bpb") -> str:
     """karpathy's results.tsv: one row per run. Runs without a value (crash, checks_failed) are
     written as crash rows with 0.000000 and 0.0; checks_failed says so in its description."""
     lines = ["\t".join(("commit", _tsv_field(metric_column), "memory_gb", "status", "description"))]
-    for r in runs:
+    for r in map(clean_run, runs):
         v = r.value
         status = r.status if v is not None else "crash"
         if status not in ("keep", "discard", "crash"):

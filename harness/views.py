@@ -13,7 +13,8 @@ from rich.table import Table
 
 from harness.config import Config
 from harness.ledger import LedgerState, RunRecord, Segment
-from harness.stats import confidence_band, improvement_pct
+from harness.points import clean_state, number, pct
+from harness.stats import confidence_band
 
 BAND_STYLE = {"green": "green", "yellow": "yellow", "red": "red", "none": "dim"}
 STATUS_STYLE = {"keep": "green", "discard": "dim", "crash": "red", "checks_failed": "magenta"}
@@ -22,12 +23,13 @@ STATUS_STYLE = {"keep": "green", "discard": "dim", "crash": "red", "checks_faile
 def status_data(cfg: Config, state: LedgerState, *, branch: str | None, head: str | None,
                 consistency: str, goal: str | None = None) -> dict[str, Any]:
     """Everything `status` says, as plain data (this is `status --json`)."""
+    state = clean_state(state)
     seg = state.current
     runs = seg.runs if seg else ()
     counts = seg.counts() if seg else {"keep": 0, "discard": 0, "crash": 0, "checks_failed": 0}
     best_run = seg.best_run if seg else None
     last = state.last_run()
-    conf = seg.confidence if seg else None
+    conf = number(seg.confidence) if seg else None  # a spread near 0 makes it overflow
     direction = cfg.metric.direction
     cost = state.cost_usd
     return {
@@ -43,7 +45,7 @@ def status_data(cfg: Config, state: LedgerState, *, branch: str | None, head: st
         "best": seg.best if seg else None,
         "best_run": best_run.run if best_run else None,
         "best_commit": best_run.commit if best_run else None,
-        "improvement_pct": improvement_pct(seg.best if seg else None, seg.baseline if seg else None, direction),
+        "improvement_pct": pct(seg.best if seg else None, seg.baseline if seg else None, direction),
         "confidence": conf,
         "confidence_band": confidence_band(conf),
         "failure_streak": seg.failure_streak() if seg else 0,
@@ -103,7 +105,7 @@ def _run_dict(r: RunRecord) -> dict[str, Any]:
 
 def log_data(state: LedgerState, *, last: int | None = None, status: str | None = None,
              segment: int | None = None) -> list[dict[str, Any]]:
-    runs = [r for r in state.runs if (status is None or r.status == status) and (segment is None or r.segment == segment)]
+    runs = [r for r in clean_state(state).runs if (status is None or r.status == status) and (segment is None or r.segment == segment)]
     if last is not None:
         runs = runs[-last:] if last > 0 else []
     return [_run_dict(r) for r in runs]
@@ -117,7 +119,8 @@ def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
 
 
-def render_status(d: dict[str, Any], out: TextIO = sys.stdout) -> None:
+def render_status(d: dict[str, Any], out: TextIO | None = None) -> None:
+    out = out or sys.stdout  # looked up now, not at import: a redirected stdout (tests, callers) is honoured
     con = Console(file=out, highlight=False, soft_wrap=True)
     plain = not con.is_terminal
     m = d["metric"]
@@ -170,7 +173,8 @@ def render_status(d: dict[str, Any], out: TextIO = sys.stdout) -> None:
             con.print(v, style=style or None, markup=False)
 
 
-def render_log(rows: list[dict[str, Any]], metric_name: str, out: TextIO = sys.stdout) -> None:
+def render_log(rows: list[dict[str, Any]], metric_name: str, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     con = Console(file=out, highlight=False)
     heldout = next((k for r in rows for k in (r.get("heldout") or {}) if k != "error"), None)
     headers = ["run", "status", metric_name, "n", *([heldout] if heldout else []), "conf", "time", "description",
