@@ -1,16 +1,21 @@
 """The experiment ledger: `autoresearch.jsonl`, append-only, the single source of truth.
 
 Writing: one JSON object per line, appended with a single `write` + `fsync` under an
-exclusive lock, never rewritten. Reading: `read_ledger` parses lines (bad or torn lines are
-reported, never raised) and `fold` turns entries into state (segments, baseline, best,
-counts) as a pure function.
+exclusive lock, never rewritten; each line carries `prev`, the hash of the line before it
+(harness.chain). Reading: `read_ledger` parses lines (bad or torn lines are reported, never
+raised) and verifies the chain in the same pass; `fold` turns entries into state (segments,
+baseline, best, counts) as a pure function. Run numbers only go up: `next_run` exceeds every
+run number in the file, including one inside a line that no longer parses.
 
 Format (README "The ledger format"; pi-autoresearch's, https://github.com/davebcn87/pi-autoresearch):
 - config header `{"type":"config","name","metricName","metricUnit","bestDirection"}`; a
   config line after at least one run starts a new segment;
 - run line `{"run","commit","metric","metrics","status","description","timestamp",
   "segment","confidence","asi"}` plus our fields `duration_s`, `diff`, `agent`, ...;
+- `{"type":"reseal","broken_at","breaks","why","timestamp"}`: the user accepted a broken chain
+  (`autoresearch resume --accept-ledger`);
 - anything else (hook lines, unknown types, lines without `run`) is skipped.
+`prev` is one more field on every line we write; pi-autoresearch ignores fields it does not know.
 Crash rows carry `metric: 0` like the seed's and pi-autoresearch's logs; readers here never
 treat a crash or a checks_failed row's metric as a result (see `RunRecord.value`).
 """
@@ -21,6 +26,7 @@ import fcntl
 import gc
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +34,9 @@ from typing import Any, Literal, NamedTuple, get_args
 
 import orjson
 
+from harness.chain import EMPTY, GENESIS, ChainReport, ChainWalker, line_hash, tail_hash
+from harness.chain import Break as Break  # re-exported: readers of the ledger see the chain through it
+from harness.chain import reseal_line as reseal_line
 from harness.stats import Direction, best_of, mad_confidence
 
 Status = Literal["keep", "discard", "crash", "checks_failed"]
@@ -97,6 +106,7 @@ class BadLine:
     reason: str
     text: str  # at most 200 characters of the line
     torn: bool  # the last line, without a trailing newline: a write cut short
+    run: int | None = None  # the largest `"run": N` in the text: a run number that must never be reused
 
 
 class NoteRecord(NamedTuple):
@@ -198,10 +208,19 @@ class LedgerFile:
     entries: tuple[Entry, ...]
     bad_lines: tuple[BadLine, ...]
     torn_offset: int | None  # byte offset where a torn last line starts, if any
+    chain: ChainReport = EMPTY  # the hash chain, verified in the same pass
+
+
+# A run number in a line that does not parse: `{"run": 7, "metric": 0.9, "sta` still used 7.
+_RUN_NUMBER = re.compile(rb'"run"\s*:\s*(\d{1,18})')
+
+
+def _run_in(line: bytes) -> int | None:
+    return max((int(m) for m in _RUN_NUMBER.findall(line)), default=None)
 
 
 def parse_lines(data: bytes) -> LedgerFile:
-    """Parse a ledger's bytes. Never raises for content; bad lines are collected.
+    """Parse a ledger's bytes and verify its chain. Never raises for content; bad lines are collected.
 
     The cyclic garbage collector is paused meanwhile: a long ledger allocates hundreds of
     thousands of small acyclic dicts, and the collector's passes over them cost more than
@@ -220,6 +239,7 @@ def _parse_lines(data: bytes) -> LedgerFile:
     entries: list[Entry] = []
     bad: list[BadLine] = []
     torn_offset: int | None = None
+    chain = ChainWalker()
     offset = 0
     lines = data.split(b"\n")
     last = len(lines) - 1  # after a final newline the last chunk is b""
@@ -229,17 +249,27 @@ def _parse_lines(data: bytes) -> LedgerFile:
         if not line.strip():
             continue
         try:
-            entry = parse_entry(orjson.loads(line), lineno=i + 1)
+            obj = orjson.loads(line)
+            entry = parse_entry(obj, lineno=i + 1)
         except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
             torn = i == last  # no newline after it: the write was cut short
+            reason = str(exc).splitlines()[0][:200]
             if torn:
-                torn_offset = start
+                torn_offset = start  # set aside by recovery, not a break of the chain
+            else:
+                chain.bad(i + 1, line, reason)
             text = line[:200].decode("utf-8", errors="replace")
-            bad.append(BadLine(lineno=i + 1, reason=str(exc).splitlines()[0][:200], text=text, torn=torn))
+            bad.append(BadLine(lineno=i + 1, reason=reason, text=text, torn=torn, run=_run_in(line)))
             continue
+        chain.good(i + 1, line, obj)
         if entry is not None:
             entries.append(entry)
-    return LedgerFile(tuple(entries), tuple(bad), torn_offset)
+    return LedgerFile(tuple(entries), tuple(bad), torn_offset, chain.report())
+
+
+def verify_chain(data: bytes) -> ChainReport:
+    """The hash chain of a ledger's bytes (harness.chain): intact, or where and why it breaks."""
+    return parse_lines(data).chain
 
 
 def read_ledger(path: Path) -> LedgerFile:
@@ -319,6 +349,7 @@ class LedgerState:
     segments: tuple[Segment, ...]
     bad_lines: tuple[BadLine, ...] = ()
     notes: tuple[NoteRecord, ...] = ()
+    chain: ChainReport = EMPTY  # from load_state; a fold of bare entries has none to report
 
     @property
     def cost_usd(self) -> float:
@@ -335,7 +366,11 @@ class LedgerState:
 
     @property
     def next_run(self) -> int:
-        return max((r.run for r in self.runs), default=0) + 1
+        """One more than every run number ever written: a run line's, or one inside a line that no
+        longer parses (reusing it would give two experiments one number, and a lost best a successor)."""
+        written = max((r.run for r in self.runs), default=0)
+        unreadable = max((b.run for b in self.bad_lines if b.run is not None), default=0)
+        return max(written, unreadable) + 1
 
     def last_run(self) -> RunRecord | None:
         for s in reversed(self.segments):
@@ -347,7 +382,7 @@ class LedgerState:
         return next((r for r in self.runs if r.run == run), None)
 
 
-def fold(entries: Iterable[Entry], bad_lines: tuple[BadLine, ...] = ()) -> LedgerState:
+def fold(entries: Iterable[Entry], bad_lines: tuple[BadLine, ...] = (), chain: ChainReport = EMPTY) -> LedgerState:
     """Pure fold of ledger entries into segments.
 
     A config header before any run (re)defines the current segment's header; a header
@@ -378,6 +413,7 @@ def fold(entries: Iterable[Entry], bad_lines: tuple[BadLine, ...] = ()) -> Ledge
         segments=tuple(Segment(i, h, tuple(runs), calibrations.get(i)) for i, (h, runs) in enumerate(segments)),
         bad_lines=bad_lines,
         notes=tuple(notes),
+        chain=chain,
     )
 
 
@@ -394,7 +430,23 @@ def _with_segment(r: RunRecord, segment: int) -> RunRecord:
 
 def load_state(path: Path) -> LedgerState:
     lf = read_ledger(path)
-    return fold(lf.entries, lf.bad_lines)
+    return fold(lf.entries, lf.bad_lines, lf.chain)
+
+
+def chain_problem(state: LedgerState) -> str | None:
+    """Why the loop must not run on this ledger, in one sentence naming the line; None when it may.
+
+    A broken chain means some line is not what the controller wrote, and every keep is decided
+    against the best the ledger holds: the user looks first, then restores the line or accepts
+    the ledger as it stands (a reseal line records that, and the breaks stay visible in `status`).
+    """
+    c = state.chain
+    if c.ok:
+        return None
+    more = f", and {len(c.breaks) - 1} more after it" if len(c.breaks) > 1 else ""
+    return (f"the ledger's hash chain is broken at line {c.first_break} ({c.why}{more}), so its results cannot "
+            "be trusted as written: `autoresearch resume` shows the break; restore that line if you can, or accept "
+            "the ledger as it stands with `autoresearch resume --accept-ledger`, then run again")
 
 
 # ----------------------------------------------------------------------------- write
@@ -410,24 +462,55 @@ def encode(obj: dict[str, Any]) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
 
 
-def append(path: Path, obj: dict[str, Any]) -> None:
-    """Append one line atomically: exclusive lock, one write, fsync.
+def chained(obj: dict[str, Any], prev: str) -> bytes:
+    """One ledger line that follows the line whose hash is `prev` (our `prev` replaces any given)."""
+    return encode({**{k: v for k, v in obj.items() if k != "prev"}, "prev": prev})
 
-    If the file does not end with a newline (a torn write nobody has set aside yet),
-    a newline is written first so the new line never fuses with the torn one: the torn
-    text then reads as a bad line, reported rather than lost.
+
+def chain(objs: Iterable[dict[str, Any]], prev: str = GENESIS) -> bytes:
+    """Lines for many objects at once, each following the one before, the first following `prev`
+    (`head_hash` of an existing file): how tests and benchmarks build long chained ledgers."""
+    out = []
+    for obj in objs:
+        line = chained(obj, prev)
+        prev = line_hash(line[:-1])
+        out.append(line)
+    return b"".join(out)
+
+
+def head_hash(path: Path) -> str:
+    """The `prev` the next line appended to `path` gets (GENESIS for a missing or empty file)."""
+    try:
+        with open(path, "rb") as f:
+            return tail_hash(f, os.fstat(f.fileno()).st_size)
+    except FileNotFoundError:
+        return GENESIS
+
+
+def append(path: Path, obj: dict[str, Any]) -> bytes:
+    """Append one line atomically: exclusive lock, one write, fsync. Returns the line as stored
+    (without its newline).
+
+    The line's `prev` is the hash of the file's last line, read from its tail under the lock, so
+    concurrent writers chain in the order they write and the cost does not grow with the file.
+    If the file does not end with a newline (a torn write nobody has set aside yet), a newline
+    is written first so the new line never fuses with the torn one: the torn text then reads as
+    a bad line, reported rather than lost.
     """
-    line = encode(obj)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
+        prev, sep = GENESIS, b""
         if size:
             with open(path, "rb") as f:
+                prev = tail_hash(f, size)
                 f.seek(size - 1)
                 if f.read(1) != b"\n":
-                    line = b"\n" + line
+                    sep = b"\n"
+        stored = chained(obj, prev)
+        line = sep + stored
         written = os.write(fd, line)
         if written != len(line):  # a short write on a regular file means a full disk
             raise OSError(f"short write to {path}: {written} of {len(line)} bytes")
@@ -435,6 +518,7 @@ def append(path: Path, obj: dict[str, Any]) -> None:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+    return stored[:-1]
 
 
 def set_aside_torn_tail(path: Path, aside_dir: Path, stamp: str) -> Path | None:

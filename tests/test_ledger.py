@@ -25,11 +25,13 @@ from harness.ledger import (
     RunRecord,
     SessionHeader,
     append,
+    chained,
     encode,
     fold,
     header_line,
     iter_runs,
     ledger_path,
+    line_hash,
     load_state,
     parse_lines,
     read_ledger,
@@ -325,11 +327,12 @@ def test_append_after_torn_tail_never_fuses_lines(tmp_path):
     path.write_bytes(dump(HEADER, run_line(1, 1.0)) + torn)
     append(path, run_line(2, 0.95))
     data = path.read_bytes()
-    assert data.endswith(torn + b"\n" + encode(run_line(2, 0.95)))
+    assert data.endswith(torn + b"\n" + chained(run_line(2, 0.95), line_hash(torn)))  # it follows the torn text
     lf = parse_lines(data)
     assert [e.run for e in lf.entries if isinstance(e, RunRecord)] == [1, 2]
     assert [(b.lineno, b.torn) for b in lf.bad_lines] == [(3, False)]  # reported, not lost
     assert lf.torn_offset is None
+    assert (lf.chain.ok, lf.chain.first_break, lf.chain.legacy) == (False, 3, 2)  # the torn text is mid-file now
 
 
 def test_set_aside_torn_tail_moves_only_the_torn_bytes(tmp_path):
@@ -432,6 +435,8 @@ def test_concurrent_appends_from_real_processes(tmp_path):
         assert [o["asi"]["i"] for o in objs if o["asi"]["who"] == w] == list(range(200))
     lf = parse_lines(data)
     assert lf.bad_lines == () and len(lf.entries) == 800
+    # each writer read the tail under the lock it wrote under: one chain, whatever the interleaving
+    assert (lf.chain.ok, lf.chain.chained, lf.chain.legacy) == (True, 800, 0)
 
 
 # ------------------------------------------------------------------ properties
