@@ -107,8 +107,10 @@ def _experiment(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the ledger line as JSON")
 
 
-def _no_flags(p: argparse.ArgumentParser) -> None:
-    pass
+def _resume(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--accept-ledger", action="store_true",
+                   help="accept a broken hash chain as it stands: append a reseal line that records the break "
+                   "(status keeps naming it), so the loop may run again")
 
 
 def _status(p: argparse.ArgumentParser) -> None:
@@ -188,9 +190,11 @@ COMMANDS: dict[str, Command] = {
         "Validate, commit, run, decide and log the uncommitted edits, then revert them unless kept. With a clean "
         "tree and no baseline yet, runs the baseline."),
     "resume": Command(
-        "recover after a crash, kill or context reset, and show where things stand", _no_flags, "commands:cmd_resume",
+        "recover after a crash, kill or context reset, and show where things stand", _resume, "commands:cmd_resume",
         "Logs an interrupted run as a crash and reverts it, reverts a logged non-keep left at HEAD, stashes (never "
-        "deletes) uncommitted edits, sets a torn ledger line aside."),
+        "deletes) uncommitted edits, sets a torn ledger line aside, then verifies the ledger's hash chain: a "
+        "break (an edited, inserted, deleted or unreadable line) is named and exits 1 until it is restored or "
+        "accepted with --accept-ledger."),
     "status": Command("summary of the session", _status, "commands:cmd_status"),
     "log": Command("the ledger as a table", _log, "commands:cmd_log"),
     "log-experiment": Command(

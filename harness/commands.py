@@ -21,6 +21,7 @@ from harness.agents import make_agent
 from harness.agents.base import AgentError, Proposal
 from harness.cli_common import UserError, json_object, load_config, workspace_root
 from harness.config import Config, ConfigError, MetricSpec
+from harness.journal import LockedError
 from harness.ledger import Status
 from harness.loop import Controller, ControllerError, StopRules, WorkspaceLock, format_result, parse_until
 from harness.session import InitError, Target, init_workspace, load_target
@@ -181,20 +182,43 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    """Recover, then say where the ledger's chain stands; a break the user has not accepted exits 1.
+    `--accept-ledger` accepts it: a reseal line, chained to the last line, records what was accepted."""
     root = workspace_root(args)
     cfg = load_config(root)
     ctl = Controller(root, cfg)
+    resealed: ledger.ChainReport | None = None
     with WorkspaceLock(ctl.state_dir):
         found = ctl.recover()
+        chain = ctl.load_ledger().chain  # after recovery: a torn last line is set aside, never a break
+        if args.accept_ledger and not chain.ok:
+            ledger.append(ctl.ledger_path, ledger.reseal_line(chain, int(dt.datetime.now().timestamp())))
+            resealed = ctl.load_ledger().chain
     if found:
         _print_recovery(found)
     else:
-        print("recovery: nothing to do (no run in flight, HEAD consistent, tree clean, ledger intact)")
+        print("recovery: nothing to do (no run in flight, HEAD consistent, tree clean)")
+    print(f"ledger: {chain.summary()}")
+    for b in chain.breaks[1:11]:
+        print(f"  also: {b.why}")
+    if len(chain.breaks) > 11:
+        print(f"  ... and {len(chain.breaks) - 11} more")
+    if resealed is not None:
+        print(f"accepted: appended a reseal line (line {resealed.reseals[-1]}) that records "
+              f"{'this break' if len(chain.breaks) == 1 else f'these {len(chain.breaks)} breaks'}; "
+              f"ledger: {resealed.summary()}")
+    elif args.accept_ledger:
+        print("--accept-ledger: nothing to accept, the chain has no break")
     bad = ctl.check_fixed()
     if bad:
         print("warning: fixed files differ from init: " + "; ".join(bad))
     print()
     views.render_status(_status_data(root, cfg))
+    if not chain.ok and resealed is None:
+        print(f"\nthe ledger's chain is broken at line {chain.first_break}, so no experiment runs on it: look at that "
+              f"line of {ctl.ledger_path.name} and restore it if you can, or accept the ledger as it stands with "
+              "`autoresearch resume --accept-ledger` (a reseal line records the break; `status` keeps naming it)")
+        return 1
     print("\ncontinue with `autoresearch run` (built-in agent) or `autoresearch experiment` (external agent)")
     return 0
 
@@ -203,6 +227,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _consistency(ws: Workspace, state: ledger.LedgerState, cfg: Config, root: Path) -> str:
+    """One line: is the ledger's chain whole, and does HEAD hold what the ledger says was kept?"""
+    if not state.chain.ok:
+        return (f"warning: the ledger's {state.chain.summary()}: `autoresearch resume` shows it, "
+                "`autoresearch resume --accept-ledger` accepts it")
+    accepted = f"; ledger {state.chain.summary()}" if state.chain.acknowledged else ""
+    return _head_consistency(ws, state, cfg, root) + accepted
+
+
+def _head_consistency(ws: Workspace, state: ledger.LedgerState, cfg: Config, root: Path) -> str:
     sf = root / ".autoresearch" / "state.json"
     if sf.exists():
         return "an experiment is in flight (or was interrupted: run `autoresearch resume` if no controller is running)"
@@ -277,15 +310,49 @@ def cmd_log(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------- seed compatibility
 
 
+LOG_LOCK_WAIT_S = 10.0  # how long log-experiment waits for the workspace lock (an `experiment` finishing)
+
+
 def cmd_log_experiment(args: argparse.Namespace) -> int:
-    """The seed's log-experiment.sh: append one run line; fills run/commit/segment/confidence."""
+    """The seed's log-experiment.sh: append one run line; fills run/commit/segment/confidence.
+
+    It appends under the workspace lock that `run` and `experiment` hold, so its run number,
+    segment and confidence are read from the same ledger it appends to; it waits a little for a
+    holder, then fails naming it. Its line is chained like the controller's (ledger.append)."""
     root = workspace_root(args)
     lpath = ledger.ledger_path(root)
-    state = ledger.load_state(lpath)
     metrics = json_object(args.metrics, "--metrics")
     asi = json_object(args.asi, "--asi")
     if not math.isfinite(args.metric):
         raise UserError("--metric must be a finite number")
+    lock = WorkspaceLock(root / ".autoresearch", wait_s=LOG_LOCK_WAIT_S,
+                         on_wait=lambda msg: print(f"log-experiment: {msg}", file=sys.stderr))
+    try:
+        with lock:
+            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            aside = ledger.set_aside_torn_tail(lpath, root / ".autoresearch", stamp)  # else the new line follows it
+            if aside:
+                print(f"warning: the ledger's last line was torn (a write cut short); moved it to {aside}",
+                      file=sys.stderr)
+            state = ledger.load_state(lpath)
+            if not state.chain.ok:
+                print(f"warning: the ledger's {state.chain.summary()}; appending anyway (`autoresearch resume` "
+                      "shows it)", file=sys.stderr)
+            if args.run is not None and args.run < state.next_run:
+                raise UserError(f"run {args.run} is taken: run numbers are never reused, and the ledger has written "
+                                f"up to {state.next_run - 1}; omit --run to use {state.next_run}")
+            stored = ledger.append(lpath, _log_line(args, root, state, metrics, asi))
+    except LockedError as exc:  # only taking the lock raises it
+        raise LockedError(
+            f"the workspace is locked by pid {exc.holder} (an autoresearch controller) and stayed locked for "
+            f"{LOG_LOCK_WAIT_S:g} s; log-experiment appends only under that lock: run it again once that "
+            "controller's experiment is logged, or stop it", exc.holder) from None
+    print(stored.decode())
+    return 0
+
+
+def _log_line(args: argparse.Namespace, root: Path, state: ledger.LedgerState, metrics: dict[str, Any],
+              asi: dict[str, Any]) -> dict[str, Any]:
     commit = args.commit
     if commit is None:
         try:
@@ -296,7 +363,7 @@ def cmd_log_experiment(args: argparse.Namespace) -> int:
     confidence = args.confidence
     if confidence is None and status in records.RESULT_STATUSES:  # crash/checks_failed lines carry none
         confidence = records.confidence_after(state.current, args.metric, status)
-    rec = records.run_line(
+    return records.run_line(
         run=args.run if args.run is not None else state.next_run,
         commit=commit,
         status=status,
@@ -308,6 +375,3 @@ def cmd_log_experiment(args: argparse.Namespace) -> int:
         confidence=confidence,
         asi=asi,
     )
-    ledger.append(lpath, rec)
-    print(json.dumps(rec))
-    return 0

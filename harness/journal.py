@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,11 @@ class ControllerError(Exception):
 
 
 class LockedError(ControllerError):
-    """Another controller is working in the workspace."""
+    """Another controller is working in the workspace; `holder` is its pid as the lock file says."""
+
+    def __init__(self, message: str, holder: str = "?"):
+        super().__init__(message)
+        self.holder = holder
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -50,24 +55,39 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 class WorkspaceLock:
-    """An exclusive, non-blocking flock on `.autoresearch/lock`; released by the kernel on death."""
+    """An exclusive flock on `.autoresearch/lock`; released by the kernel on death.
 
-    def __init__(self, state_dir: Path):
+    `run`, `experiment` and `resume` take it without waiting: a second controller is a mistake to
+    report at once. `log-experiment` waits up to `wait_s` (saying so once through `on_wait`), since
+    its holder may be a short `experiment` about to append its own line.
+    """
+
+    def __init__(self, state_dir: Path, *, wait_s: float = 0.0, on_wait: Printer | None = None):
         self.path = state_dir / "lock"
         self.fd: int | None = None
+        self.wait_s, self.on_wait = wait_s, on_wait
 
     def __enter__(self) -> WorkspaceLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise LockedError(
-                f"another autoresearch controller (pid {holder}) is working in {self.path.parent.parent}; "
-                "wait for it or stop it (Ctrl-C) first"
-            ) from None
+        deadline = time.monotonic() + self.wait_s
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                # read each time: the holder writes its pid just after it takes the lock ("pid ?" otherwise)
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise LockedError(
+                        f"another autoresearch controller (pid {holder}) is working in {self.path.parent.parent}; "
+                        "wait for it or stop it (Ctrl-C) first", holder) from None
+                if not told and self.on_wait is not None:
+                    self.on_wait(f"waiting up to {self.wait_s:g} s for the workspace lock, held by pid {holder}")
+                    told = True
+                time.sleep(0.05)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self.fd = fd

@@ -147,6 +147,8 @@ class Controller:
         return checks.fixed_changes(self.root, self.cfg)
 
     def verify(self) -> None:
+        if problem := ledger.chain_problem(self.load_ledger()):  # a line no controller wrote decides no keep
+            raise ControllerError(problem)
         bad = self.check_fixed()
         if bad:
             raise ControllerError(
