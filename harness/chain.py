@@ -117,7 +117,7 @@ class ChainWalker:
         else:
             self.breaks.append(Break(lineno, "unchained", (
                 f"line {lineno} carries no hash of line {self.prev_lineno}, though the chain began at line "
-                f"{self.first_chained} (written by a tool that does not chain, or by hand)")))
+                f"{self.first_chained}: a tool that does not chain wrote it, or a hand did")))
         self.lines += 1
         self.prev, self.prev_lineno = _sha256(line).hexdigest(), lineno
 
@@ -139,9 +139,9 @@ class ChainWalker:
         if not isinstance(prev, str):
             return f"line {lineno}'s prev is not a hash ({str(prev)[:40]!r})"
         if self.prev_lineno == 0:
-            return f"line {lineno} does not start the chain: its prev is not the hash of an empty ledger (lines before it were deleted)"
-        return (f"line {lineno} does not follow line {self.prev_lineno}: its prev is not the hash of line "
-                f"{self.prev_lineno} (that line was edited, or lines were inserted, deleted or reordered)")
+            return f"line {lineno} does not start the chain: its prev is not the empty ledger's hash, so lines before it were deleted"
+        return (f"line {lineno} does not follow line {self.prev_lineno}: its prev is not line {self.prev_lineno}'s "
+                "hash, so that line was edited, or lines were inserted, deleted or reordered")
 
     def _reseal(self, lineno: int, obj: dict[str, Any]) -> None:
         """A reseal acknowledges the breaks it lists (`breaks`, and `broken_at`), not any break before

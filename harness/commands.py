@@ -229,9 +229,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _consistency(ws: Workspace, state: ledger.LedgerState, cfg: Config, root: Path) -> str:
     """One line: is the ledger's chain whole, and does HEAD hold what the ledger says was kept?"""
     if not state.chain.ok:
-        return (f"warning: the ledger's {state.chain.summary()}: `autoresearch resume` shows it, "
+        return (f"warning: ledger {state.chain.summary()}: `autoresearch resume` shows it, "
                 "`autoresearch resume --accept-ledger` accepts it")
-    accepted = f"; ledger {state.chain.summary()}" if state.chain.acknowledged else ""
+    accepted = f"; ledger: {state.chain.summary()}" if state.chain.acknowledged else ""
     return _head_consistency(ws, state, cfg, root) + accepted
 
 
@@ -336,7 +336,7 @@ def cmd_log_experiment(args: argparse.Namespace) -> int:
                       file=sys.stderr)
             state = ledger.load_state(lpath)
             if not state.chain.ok:
-                print(f"warning: the ledger's {state.chain.summary()}; appending anyway (`autoresearch resume` "
+                print(f"warning: ledger {state.chain.summary()}; appending anyway (`autoresearch resume` "
                       "shows it)", file=sys.stderr)
             if args.run is not None and args.run < state.next_run:
                 raise UserError(f"run {args.run} is taken: run numbers are never reused, and the ledger has written "

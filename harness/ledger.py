@@ -443,9 +443,9 @@ def chain_problem(state: LedgerState) -> str | None:
     c = state.chain
     if c.ok:
         return None
-    more = f", and {len(c.breaks) - 1} more after it" if len(c.breaks) > 1 else ""
-    return (f"the ledger's hash chain is broken at line {c.first_break} ({c.why}{more}), so its results cannot "
-            "be trusted as written: `autoresearch resume` shows the break; restore that line if you can, or accept "
+    more = f" ({len(c.breaks) - 1} more break{'s' if len(c.breaks) > 2 else ''} after it)" if len(c.breaks) > 1 else ""
+    return (f"the ledger's hash chain is broken at line {c.first_break}{more}: {c.why}. Its results cannot be "
+            "trusted as written: `autoresearch resume` shows the break; restore that line if you can, or accept "
             "the ledger as it stands with `autoresearch resume --accept-ledger`, then run again")
 
 

@@ -88,7 +88,8 @@ def test_an_edited_line_breaks_the_chain_at_the_line_after_it(tmp_path) -> None:
     write_lines(path, raw)
     r = ledger.verify_chain(path.read_bytes())
     assert (r.ok, r.first_break) == (False, 4)
-    assert r.why.startswith("line 4 does not follow line 3: its prev is not the hash of line 3 (that line was edited")
+    assert r.why == ("line 4 does not follow line 3: its prev is not line 3's hash, so that line was edited, or lines "
+                     "were inserted, deleted or reordered")
     assert [b.kind for b in r.breaks] == ["mismatch"]
     assert r.summary() == f"chain broken at line 4 ({r.why})"
 
@@ -150,8 +151,8 @@ def test_an_unchained_line_after_the_chain_began_is_a_break(tmp_path) -> None:
     ledger.append(path, run_line(3, 1.0))
     r = ledger.verify_chain(path.read_bytes())
     assert (r.first_break, r.breaks[0].kind, len(r.breaks)) == (4, "unchained", 1)
-    assert r.why == ("line 4 carries no hash of line 3, though the chain began at line 1 "
-                     "(written by a tool that does not chain, or by hand)")
+    assert r.why == ("line 4 carries no hash of line 3, though the chain began at line 1: a tool that does not "
+                     "chain wrote it, or a hand did")
 
 
 def test_a_legacy_prefix_is_accepted_and_counted(tmp_path) -> None:
@@ -241,7 +242,7 @@ def test_resume_names_the_break_exits_1_and_accept_ledger_reseals(tmp_path, caps
     assert out.rstrip().endswith("`status` keeps naming it)") and "--accept-ledger" in out
     assert len(file_lines(lpath)) == 3  # nothing appended without the flag
     status = json.loads(_cli_out(root, capsys, "status", "--json"))
-    assert status["consistency"].startswith("warning: the ledger's chain broken at line 3 (")
+    assert status["consistency"].startswith("warning: ledger chain broken at line 3 (line 3 does not follow line 2")
 
     assert cli(root, "resume", "--accept-ledger") == 0
     out = capsys.readouterr().out
@@ -253,7 +254,9 @@ def test_resume_names_the_break_exits_1_and_accept_ledger_reseals(tmp_path, caps
     out = capsys.readouterr().out
     assert "ledger: 4 lines, chain intact after the reseal at line 4 (accepted break at line 3: " in out
     status = json.loads(_cli_out(root, capsys, "status", "--json"))
-    assert "accepted break at line 3" in status["consistency"]  # status still names it
+    assert status["consistency"].startswith("ok: ")
+    assert "; ledger: 4 lines, chain intact after the reseal at line 4 (accepted break at line 3: " in (
+        status["consistency"])  # status still names it
     assert cli(root, "resume", "--accept-ledger") == 0
     assert "nothing to accept" in capsys.readouterr().out and len(file_lines(lpath)) == 4
 
@@ -319,8 +322,8 @@ def test_a_corrupt_middle_line_stops_the_loop_and_its_run_number_is_never_reused
     with pytest.raises(ControllerError) as err:
         ctl.verify()
     assert str(err.value) == ledger.chain_problem(state)
-    assert str(err.value).startswith(f"the ledger's hash chain is broken at line {at + 1} (line {at + 1} does not "
-                                     "parse: ")
+    assert str(err.value).startswith(f"the ledger's hash chain is broken at line {at + 1} (1 more break after it): "
+                                     f"line {at + 1} does not parse: ")
     assert "`autoresearch resume --accept-ledger`" in str(err.value)
     with pytest.raises(ControllerError):
         ctl.run_loop(agent, StopRules(max_iterations=1))  # nothing runs on a broken chain
