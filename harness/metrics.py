@@ -20,6 +20,7 @@ MAX_LINE_CHARS is skipped without being held: no real metric line is that long.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 MAX_ABS = 1e15  # no real metric reaches it, and it is far from float overflow (1.8e308)
@@ -35,12 +36,12 @@ _BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 _TO_NEWLINE = str.maketrans(dict.fromkeys(_BREAKS[1:], "\n"))
 _RARE_BREAKS = re.compile(f"[{_BREAKS[1:]}]")
 _SP = r"[^\S\n]"  # whitespace within a line (\s would run on into the next line)
-# One pass finds all three kinds of line. Tolerant of surrounding whitespace, strict about the name
-# so both the pi-autoresearch and the seed's regexes would accept what we accept. The alternatives
-# are disjoint: a METRIC line has whitespace after the word, a summary line a colon.
-_LINE_RE = re.compile(
-    rf"^{_SP}*(?:METRIC{_SP}+({NAME})=(\S+)|(---)|({NAME}):{_SP}+(\S+)){_SP}*$", re.MULTILINE
-)
+# Tolerant of surrounding whitespace, strict about the name so both the pi-autoresearch and the
+# seed's regexes would accept what we accept. METRIC and `---` lines are found with str.find (fast:
+# most output is neither), summary lines with one regex over the text after the last `---` only.
+_METRIC_LINE = re.compile(rf"{_SP}*METRIC{_SP}+({NAME})=(\S+){_SP}*")
+_DASHES_LINE = re.compile(rf"{_SP}*---{_SP}*")
+_SUMMARY_LINES = re.compile(rf"^{_SP}*({NAME}):{_SP}+(\S+){_SP}*$", re.MULTILINE)
 
 
 def parse_number(text: str) -> float | None:
@@ -108,25 +109,44 @@ class MetricScanner:
             self._partial = rest
 
     def _scan(self, text: str) -> None:
+        """Complete lines (the last one may lack its break)."""
         if _RARE_BREAKS.search(text):
             text = text.translate(_TO_NEWLINE)
-        for m in _LINE_RE.finditer(text):
-            if m.end() - m.start() > MAX_LINE_CHARS:
-                continue  # the same rule as for a line split across chunks
-            name, raw, dashes, key, summary_raw = m.groups()
-            if dashes:
-                self.summary, self._in_block = {}, True
-            elif name is not None:
-                if name in _FORBIDDEN or (value := parse_number(raw)) is None:
-                    continue
-                _put(self.metric_lines, name, value)
-                seen = self.values.get(name)
-                if seen is None and len(self.values) < MAX_NAMES:
-                    self.values[name] = [value]
-                elif seen is not None and value not in seen and len(seen) < MAX_VALUES:
-                    seen.append(value)
-            elif self._in_block and (value := parse_number(summary_raw)) is not None:
-                _put(self.summary, key, value)
+        for start, end in _lines_with(text, "METRIC"):
+            if end - start <= MAX_LINE_CHARS and (m := _METRIC_LINE.fullmatch(text, start, end)):
+                self._metric(m.group(1), m.group(2))
+        dashes = [
+            end
+            for start, end in _lines_with(text, "---")
+            if end - start <= MAX_LINE_CHARS and _DASHES_LINE.fullmatch(text, start, end)
+        ]
+        if dashes:  # a new block starts: only what follows the last `---` counts
+            self.summary, self._in_block = {}, True
+        if not self._in_block:
+            return
+        for m in _SUMMARY_LINES.finditer(text, dashes[-1] + 1 if dashes else 0):
+            if m.end() - m.start() <= MAX_LINE_CHARS and (value := parse_number(m.group(2))) is not None:
+                _put(self.summary, m.group(1), value)
+
+    def _metric(self, name: str, raw: str) -> None:
+        if name in _FORBIDDEN or (value := parse_number(raw)) is None:
+            return
+        _put(self.metric_lines, name, value)
+        seen = self.values.get(name)
+        if seen is None and len(self.values) < MAX_NAMES:
+            self.values[name] = [value]
+        elif seen is not None and value not in seen and len(seen) < MAX_VALUES:
+            seen.append(value)
+
+
+def _lines_with(text: str, word: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of each line of `text` ("\n"-separated) that contains `word`, in order."""
+    i = text.find(word)
+    while i >= 0:
+        end = text.find("\n", i)
+        end = len(text) if end < 0 else end
+        yield text.rfind("\n", 0, i) + 1, end
+        i = text.find(word, end)
 
 
 def _put(out: dict[str, float], name: str, value: float) -> None:

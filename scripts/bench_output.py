@@ -9,7 +9,7 @@ metrics printed at the very end were parsed (`RunResult.metrics`). Goal: control
 --redact adds three secret values to mask (the scrubber's cost); --readback measures the old way for
 comparison: no cap, then the whole log read back and parsed (`parse_metrics(log.read_text())`).
 
-Run: python scripts/bench_output.py [--sizes 300 1024] [--cap-mib 64] [--redact] [--readback]
+Run: python scripts/bench_output.py [--sizes 300 1024] [--line-bytes 54] [--cap-mib 64] [--redact] [--readback]
 """
 
 from __future__ import annotations
@@ -24,12 +24,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE = b"step 01234 | loss 3.141593 | lr 0.0004 | 1,234 tok/s\n"  # 54 bytes, a typical training line
+LINE = b"step 01234 | loss 3.141593 | lr 0.0004 | 1,234 tok/s\n"  # 53 bytes, a typical training line
+# argv: MiB to print, bytes per line (the typical line, or that many "x" and a newline)
 CHILD = f"""\
 import sys
+mib, width = int(sys.argv[1]), int(sys.argv[2])
+line = {LINE!r} if width == len({LINE!r}) else b"x" * (width - 1) + b"\\n"
+block = line * (2**20 // width)
 w = sys.stdout.buffer.write
-block = {LINE!r} * 20000
-for _ in range(int(sys.argv[1]) * 2**20 // len(block)):
+for _ in range(mib * 2**20 // len(block)):
     w(block)
 w(b"---\\nval_bpb:          0.997900\\npeak_vram_mb:     45060.2\\nMETRIC val_bpb=0.9979\\n")
 """
@@ -38,7 +41,7 @@ SECRETS = {"sk-ant-0123456789abcdef": "ANTHROPIC_API_KEY", "ghp_abcdefghij0123":
            "AKIA0123456789ABCDEF": "AWS_ACCESS_KEY_ID"}
 
 
-def measure(size_mib: int, cap_mib: int, redact: bool, readback: bool) -> dict[str, object]:
+def measure(size_mib: int, width: int, cap_mib: int, redact: bool, readback: bool) -> dict[str, object]:
     """In this process (a fresh one): run the flood and report what the controller used."""
     sys.path.insert(0, str(ROOT))
     from harness.metrics import parse_metrics
@@ -48,7 +51,7 @@ def measure(size_mib: int, cap_mib: int, redact: bool, readback: bool) -> dict[s
         log = Path(tmp) / "run.log"
         t0 = time.monotonic()
         res = run_command(
-            f"python -c CHILD {size_mib}", Path(tmp), argv=[sys.executable, "-c", CHILD, str(size_mib)],
+            f"python -c CHILD {size_mib}", Path(tmp), argv=[sys.executable, "-c", CHILD, str(size_mib), str(width)],
             env={}, timeout_s=600, log_path=log, progress=False,
             log_cap_bytes=None if readback else cap_mib * 2**20, redact=SECRETS if redact else None,
         )
@@ -66,22 +69,24 @@ def measure(size_mib: int, cap_mib: int, redact: bool, readback: bool) -> dict[s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[300, 1024], help="MiB printed per variant")
+    ap.add_argument("--line-bytes", type=int, default=len(LINE), help="bytes per printed line, newline included")
     ap.add_argument("--cap-mib", type=int, default=64, help="log cap")
     ap.add_argument("--redact", action="store_true", help="also mask three secret values")
     ap.add_argument("--readback", action="store_true", help="the old way: no cap, read the log back")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one size in this process
     args = ap.parse_args()
     if args.one is not None:
-        print(json.dumps(measure(args.one, args.cap_mib, args.redact, args.readback)))
+        print(json.dumps(measure(args.one, args.line_bytes, args.cap_mib, args.redact, args.readback)))
         return
     mode = "read back, uncapped" if args.readback else f"streamed, cap {args.cap_mib} MiB" + (
         ", 3 secrets masked" if args.redact else "")
-    print(f"controller-side run_command, {mode}")
+    print(f"controller-side run_command, lines of {args.line_bytes} bytes, {mode}")
     print(f"{'printed':>9} {'peak RSS':>10} {'wall':>8} {'MiB/s':>7} {'log':>10}  metrics at the end")
     failed = False
     for size in args.sizes:
         flags = ["--redact"] * args.redact + ["--readback"] * args.readback
-        proc = subprocess.run([sys.executable, __file__, "--one", str(size), "--cap-mib", str(args.cap_mib), *flags],
+        proc = subprocess.run([sys.executable, __file__, "--one", str(size), "--line-bytes", str(args.line_bytes),
+                               "--cap-mib", str(args.cap_mib), *flags],
                               capture_output=True, text=True)
         if proc.returncode:
             print(f"{size:>5} MiB  the controller failed: {proc.stderr.strip().splitlines()[-1:]}")
