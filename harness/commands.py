@@ -154,6 +154,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         _print_recovery(ctl.recover(stash_uncommitted=False))
         ctl.verify_head()
         state = ctl.load_ledger()
+        if problem := ledger.chain_problem(state):
+            raise ControllerError(problem)
         has_baseline = state.current is not None and state.current.baseline_run is not None
         if has_baseline and ctl.ws.is_clean():
             raise UserError(

@@ -46,11 +46,18 @@ def synthetic_lines(n: int, start: int = 1) -> bytes:
     return b"".join(out)
 
 
+def append_chained(path: Path, lines: bytes) -> None:
+    """Synthetic history after init's header, hash-chained as the controller writes it (else the loop
+    refuses the ledger)."""
+    data = ledger.chain((orjson.loads(x) for x in lines.splitlines()), ledger.head_hash(path))
+    with open(path, "ab") as f:
+        f.write(data)
+
+
 def bench_iterations(tmp: Path, iterations: int, ledger_lines: int) -> list[float]:
     root = make_toy(tmp / "ws")
     # a baseline line with the toy's real metric, then synthetic history the agent must read
-    with open(root / "autoresearch.jsonl", "ab") as f:
-        f.write(synthetic_lines(ledger_lines))
+    append_chained(root / "autoresearch.jsonl", synthetic_lines(ledger_lines))
     runner_wall: list[float] = []
 
     def timed_runner(*args, **kwargs):
@@ -77,8 +84,7 @@ def bench_iterations(tmp: Path, iterations: int, ledger_lines: int) -> list[floa
 
 def bench_status(tmp: Path, lines: int) -> tuple[float, float]:
     root = make_toy(tmp / "big")
-    with open(root / "autoresearch.jsonl", "ab") as f:
-        f.write(synthetic_lines(lines))
+    append_chained(root / "autoresearch.jsonl", synthetic_lines(lines))
     t = time.perf_counter()
     state = ledger.load_state(root / "autoresearch.jsonl")
     fold_s = time.perf_counter() - t
