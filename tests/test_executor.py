@@ -119,6 +119,7 @@ def unique(tag: str) -> str:
 EVIL_WRITES = """
 import os, sys
 ws = sys.argv[1]
+print("sees the ledger:", os.path.exists(os.path.join(ws, "autoresearch.jsonl")))
 for t in ["autoresearch.jsonl", "../autoresearch.jsonl", "../../autoresearch.jsonl", "../../../autoresearch.jsonl",
           os.path.join(ws, "autoresearch.jsonl"), os.path.join(ws, ".autoresearch", "state.json"),
           os.path.join(ws, ".git", "hooks", "pre-commit")]:
@@ -139,6 +140,7 @@ def test_run_cannot_write_the_workspace(base: Path, mode: str):
     now = (ws.root / "autoresearch.jsonl").read_bytes()
     hook, state = ws.root / ".git" / "hooks" / "pre-commit", ws.state_dir / "state.json"
     if mode == "bwrap":  # it cannot even see the workspace: its writes went to a tmpfs that is gone
+        assert "sees the ledger: False" in x.res.tail
         assert now == ledger and not hook.exists() and not state.exists()
         assert git(ws.root, "status", "--porcelain") == ""
     else:  # the relative paths land in the throwaway checkout; the absolute path is the workspace's own
@@ -256,12 +258,12 @@ def test_controller_sigkill_takes_the_run_with_it(base: Path, mode: str, tmp_pat
     (the training is not the process the controller started)."""
     ws, cfg = workspace(base)
     marker = unique("training")
-    command = f"python -c 'import time; print(\"READY\", flush=True); time.sleep(60)' {marker}; echo after"
+    command = f"python -c 'import time; print(\"READ\" + \"Y\", flush=True); time.sleep(60)' {marker}; echo after"
     (tmp_path / "controller.py").write_text(CONTROLLER)
     ctl = subprocess.Popen([sys.executable, str(tmp_path / "controller.py"), str(ws.root), mode, command], cwd=REPO)
     log = ws.state_dir / "runs" / "1.log"
     deadline = time.monotonic() + 20
-    while not (log.exists() and "READY" in log.read_text()):
+    while not (log.exists() and "\nREADY\n" in log.read_text()):  # printed by the training, not the header
         assert time.monotonic() < deadline and ctl.poll() is None, "the run did not start"
         time.sleep(0.02)
     assert marked(marker)
@@ -461,8 +463,10 @@ def test_leftovers_go_when_the_first_command_starts(base: Path):
     left.mkdir(parents=True)
     ex = executor(ws, cfg, "checkout")
     assert left.exists()  # building an executor (as `status` does) removes nothing
+    assert ex.prepare("true", env_of(ws), log="prepare.log", timeout_s=30).ok  # whichever command comes first
+    assert not left.exists()
     run(ex, ws, "true")
-    assert not left.exists() and (sandbox.run_root(ws) / "1" / "src" / "train.py").exists()
+    assert (sandbox.run_root(ws) / "1" / "src" / "train.py").exists()
 
 
 def test_local_executor_runs_the_evaluation_too(base: Path):
