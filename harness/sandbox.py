@@ -394,22 +394,20 @@ def _force_remove(func: object, path: str, _exc: object) -> None:
 # Run as `python -I -S -c REAPER CONTROLLER_PID LC_CTYPE ARGV...` (exec'd by the runner's
 # parent-death helper). It makes itself the run's child subreaper, so every process of the run that
 # loses its parent is re-parented to it, setsid() or not; it switches the parent-death signal the
-# helper set from SIGKILL to SIGTERM, which it can catch; it runs ARGV and waits. When ARGV ends,
-# or the controller dies, it SIGKILLs every process below it until none is left, then exits as ARGV
-# did. The runner's own SIGTERM at a timeout is left to the runner, which signals each process.
+# helper set from SIGKILL to SIGTERM, which it can wait for; it runs ARGV and waits (SIGCHLD and
+# SIGTERM blocked and taken with sigtimedwait: a handler that raises can lose a reaped status). When ARGV ends,
+# or the controller dies, it SIGKILLs every process below it until none is left (saying how many
+# in the log when ARGV had ended), then exits as ARGV did. The runner's own SIGTERM at a timeout is left to the runner, which signals each process.
 # LC_CTYPE: as the runner's helper, since Python's locale coercion would change the run's.
 REAPER = """\
 import ctypes, os, signal, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 controller, me = int(sys.argv[1]), os.getpid()
+wake = {signal.SIGCHLD, signal.SIGTERM}
+signal.pthread_sigmask(signal.SIG_BLOCK, wake)  # taken by sigtimedwait below: no handler races waitpid
 if libc.prctl(36, 1, 0, 0, 0) != 0 or libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:
     print("[sandbox] prctl:", os.strerror(ctypes.get_errno()), file=sys.stderr)
     os._exit(126)
-class Stop(Exception):
-    pass
-def stop(signum, frame):
-    raise Stop
-signal.signal(signal.SIGTERM, stop)
 if sys.argv[2] == "-":
     os.environ.pop("LC_CTYPE", None)
 else:
@@ -442,26 +440,25 @@ def reap():
     except ChildProcessError:
         pass
 def kill_all():
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    deadline = time.monotonic() + 5.0
+    deadline, killed = time.monotonic() + 5.0, set()
     while time.monotonic() < deadline:
         reap()
         procs, live = below()
         if not procs:  # zombies count until reaped: one that just forked may have a child not listed yet
-            return
+            break
         for p in live:
             try:
                 os.kill(p, signal.SIGKILL)
+                killed.add(p)
             except OSError:
                 pass
         time.sleep(0.01)
+    return len(killed)
 status = None
-try:
-    if os.getppid() != controller:
-        raise Stop
+if os.getppid() == controller:
     child = os.fork()
     if child == 0:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         try:
             os.execvp(sys.argv[3], sys.argv[3:])
         except OSError as e:
@@ -469,19 +466,24 @@ try:
             os._exit(127)
     while status is None:
         try:
-            pid, st = os.waitpid(-1, 0)
-            if pid == child:
-                status = st
-        except Stop:
+            pid, st = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == child:
+            status = st
+        elif pid == 0:
             if os.getppid() != controller:
-                break
-except Stop:
-    pass
-kill_all()
+                break  # the controller is gone (its death sent SIGTERM): nobody else will clean up
+            signal.sigtimedwait(wake, 1.0)  # a child changed, or a SIGTERM: the runner signals each process itself
+n = kill_all()
 if status is None:
     os._exit(137)
+if n:
+    print("[sandbox] killed %d leftover process%s after the command exited" % (n, "" if n == 1 else "es"),
+          file=sys.stderr, flush=True)
 if os.WIFSIGNALED(status):
     signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     os.kill(me, os.WTERMSIG(status))
 os._exit(os.waitstatus_to_exitcode(status))
 """

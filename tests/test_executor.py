@@ -237,6 +237,17 @@ def test_pid_hopper_is_gone_after_the_run(base: Path, mode: str):
     x = run(executor(ws, cfg, mode), ws, f"python hopper.py {marker}")
     assert x.failure is None and "hopping" in x.res.tail, x.res.tail
     assert marked(marker) == []
+    if mode == "checkout":  # the subreaper says what it killed; in bwrap's namespace they die with its init
+        assert "[sandbox] killed" in x.res.tail
+
+
+def test_timeout_kills_everything(base: Path, mode: str):
+    ws, cfg = workspace(base, {"hopper.py": HOPPER}, timeout_s=1.0)
+    marker = unique("slow")
+    t0 = time.monotonic()
+    x = run(executor(ws, cfg, mode), ws, f"python hopper.py {marker}; sleep 30 # {marker}")
+    assert x.failure is not None and x.failure.startswith("timed out after 1s"), x.failure
+    assert marked(marker) == [] and time.monotonic() - t0 < 5
 
 
 CONTROLLER = """
