@@ -94,7 +94,12 @@ def fixed_unchanged(p: Proposed) -> str | None:
 def audit(p: Proposed) -> str | None:
     if not p.cfg.audit:
         return None
-    findings = integrity.audit_patch(p.patch, list(p.cfg.fixed), p.fixed_names())
+    # The whole edited files, read from the workspace; findings only on the lines the proposal added or
+    # changed. A stdout target's editable files must not print its metric; a result_file target's may
+    # hold only definitions at module level (the fixed evaluation imports them).
+    metric = p.cfg.metric.name if p.cfg.metric_source == "stdout" else None
+    findings = integrity.audit_workspace(p.patch, p.root, p.cfg.fixed, primary_metric=metric,
+                                         import_time=p.cfg.metric_source == "result_file")
     return "integrity audit: " + "; ".join(str(f) for f in findings[:5]) if findings else None
 
 
