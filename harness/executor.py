@@ -197,6 +197,9 @@ class LocalExecutor:
     def prepare(self, command: str, env: Mapping[str, str], *, log: str, timeout_s: float) -> RunResult:
         return self.command(command, env, log=log, timeout_s=timeout_s, label="prepare")
 
+    def close(self) -> None:
+        """Nothing to clean up: the runs happened in the workspace."""
+
     def _result_file(self, key: str) -> Path:
         path = self.state_dir / "results" / f"{key}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -330,6 +333,14 @@ class SandboxExecutor:
                               label="prepare", network=True, writable_data=True)
         finally:
             shutil.rmtree(rd, ignore_errors=True)
+
+    def close(self) -> None:
+        """Remove this workspace's run directories (the last run's checkout included); the next
+        command starts afresh. For the end of a session: nothing of a run stays in $TMPDIR."""
+        if self._root is not None:
+            sandbox.clear_dir(self._root)
+            self._root.rmdir()
+        self._root, self._last = None, None
 
     # ---------------------------------------------------------------- the pieces
     def _start(self) -> Path:

@@ -477,7 +477,11 @@ def test_leftovers_go_when_the_first_command_starts(base: Path):
     assert ex.prepare("true", env_of(ws), log="prepare.log", timeout_s=30).ok  # whichever command comes first
     assert not left.exists()
     run(ex, ws, "true")
-    assert (sandbox.run_root(ws) / "1" / "src" / "train.py").exists()
+    root = sandbox.run_root(ws)
+    assert (root / "1" / "src" / "train.py").exists()
+    ex.close()  # the end of a session
+    assert not root.exists()
+    assert run(ex, ws, "true").failure is None  # and a later run starts afresh
 
 
 def test_local_executor_runs_the_evaluation_too(base: Path):
