@@ -24,6 +24,7 @@ from harness.config import Config, ConfigError, MetricSpec
 from harness.journal import LockedError
 from harness.ledger import Status
 from harness.loop import Controller, ControllerError, StopRules, WorkspaceLock, format_result, parse_until
+from harness.metrics import MAX_ABS
 from harness.session import InitError, Target, init_workspace, load_target
 from harness.workspace import Workspace, WorkspaceError, short
 
@@ -325,8 +326,8 @@ def cmd_log_experiment(args: argparse.Namespace) -> int:
     lpath = ledger.ledger_path(root)
     metrics = json_object(args.metrics, "--metrics")
     asi = json_object(args.asi, "--asi")
-    if not math.isfinite(args.metric):
-        raise UserError("--metric must be a finite number")
+    if not (math.isfinite(args.metric) and abs(args.metric) < MAX_ABS):
+        raise UserError(f"--metric must be a finite number with |x| < {MAX_ABS:g}")
     lock = WorkspaceLock(root / ".autoresearch", wait_s=LOG_LOCK_WAIT_S,
                          on_wait=lambda msg: print(f"log-experiment: {msg}", file=sys.stderr))
     try:

@@ -37,6 +37,7 @@ import orjson
 from harness.chain import EMPTY, GENESIS, ChainReport, ChainWalker, line_hash, tail_hash
 from harness.chain import Break as Break  # re-exported: readers of the ledger see the chain through it
 from harness.chain import reseal_line as reseal_line
+from harness.metrics import MAX_ABS
 from harness.stats import Direction, best_of, mad_confidence
 
 Status = Literal["keep", "discard", "crash", "checks_failed"]
@@ -97,7 +98,7 @@ class RunRecord(NamedTuple):
         """The primary metric as a result, or None where the run produced no valid result."""
         if self.status in ("crash", "checks_failed"):
             return None
-        return self.metric if math.isfinite(self.metric) else None
+        return self.metric if math.isfinite(self.metric) and abs(self.metric) < MAX_ABS else None
 
 
 @dataclass(frozen=True)
@@ -187,8 +188,8 @@ def parse_entry(obj: Any, lineno: int = 0) -> Entry | None:
         run=run,
         commit=str(obj.get("commit", "")),
         metric=metric if metric is not None else 0.0,
-        metrics=metrics if all(type(v) is float for v in metrics.values())
-        else {k: float(v) for k, v in metrics.items() if _num(v) is not None},
+        metrics=metrics if all(type(v) is float and -MAX_ABS < v < MAX_ABS for v in metrics.values())
+        else {k: n for k, v in metrics.items() if (n := _num(v)) is not None and -MAX_ABS < n < MAX_ABS},
         status=status,
         description=str(obj.get("description", "")),
         timestamp=ts,

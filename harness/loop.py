@@ -41,7 +41,7 @@ from harness.checks import normalized_diff_hash
 from harness.config import Config
 from harness.context import proposal_context
 from harness.decision import Decision, decide
-from harness.executor import Executor, LocalExecutor, Runner
+from harness.executor import Executor, Runner, make_executor
 from harness.gate import Sample
 from harness.integrity import fixed_names
 from harness.journal import ControllerError, Journal, LockedError, WorkspaceLock, atomic_write
@@ -101,7 +101,7 @@ class Controller:
         pre_run: Sequence[checks.PreCheck] = checks.PRE_RUN,
         post_run: Sequence[checks.PostCheck] = checks.POST_RUN,
     ):
-        """`executor` runs the experiments (default: a LocalExecutor with `runner` in the workspace);
+        """`executor` runs the experiments (default: `make_executor`, sandboxed as `[session] sandbox` says);
         `pre_run` / `post_run` are the checks before and after each run (harness.checks)."""
         self.root = root.resolve()
         self.cfg = cfg
@@ -112,7 +112,7 @@ class Controller:
         self.state_dir = self.ws.state_dir
         self.journal = Journal(self.ws, cfg, self.ledger_path, clock=clock, say=printer)
         self.interrupts = Interrupts(printer=printer)
-        self.executor: Executor = executor or LocalExecutor(
+        self.executor: Executor = executor or make_executor(
             self.ws, cfg, runner=runner, progress=progress, cancel=lambda: self.interrupts.abort_requested)
         self.pre_run, self.post_run = tuple(pre_run), tuple(post_run)
         self._fixed_names: set[str] | None = None  # names the fixed files define, for the audit
@@ -175,7 +175,7 @@ class Controller:
         if marker.exists() and marker.read_text().strip() == cmd:
             return
         self.say(f"preparing (one time): {cmd}")
-        res = self.executor.command(cmd, self._env(0), log="prepare.log", timeout_s=6 * 3600, label="prepare")
+        res = self.executor.prepare(cmd, self._env(0), log="prepare.log", timeout_s=6 * 3600)
         if not res.ok:
             raise ControllerError(
                 f"the preparation command failed ({'timed out' if res.timed_out else f'exit {res.exit_code}'}); "

@@ -105,6 +105,13 @@ class FakeExecutor:
         self.commands.append(command)
         return self._result(log, {})
 
+    def prepare(self, command: str, env: dict[str, str], *, log: str, timeout_s: float):
+        self.commands.append(command)
+        return self._result(log, {})
+
+    def describe(self) -> str:
+        return "a fake executor (no processes)"
+
     def _result(self, log: str, metrics: dict[str, float]):
         from harness.runner import RunResult
 

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness import ledger
 from harness.ledger import (
     STATUSES,
     RunRecord,
@@ -531,3 +532,19 @@ def test_fold_counts_equal_a_direct_count(spec, direction):
                 break
             trailing += 1
         assert seg.failure_streak() == trailing
+
+
+def test_a_metric_beyond_the_metric_bound_is_no_result_for_the_fold(tmp_path) -> None:
+    # a hand-written or legacy line with 1e308 must not become the best the loop decides against
+    lines = [
+        {"type": "config", "name": "s", "metricName": "loss", "metricUnit": "", "bestDirection": "lower"},
+        {"run": 1, "commit": "a", "metric": 2.0, "metrics": {"loss": 2.0}, "status": "keep", "description": "base",
+         "timestamp": 1, "segment": 0, "confidence": None, "asi": {}},
+        {"run": 2, "commit": "b", "metric": -1e308, "metrics": {"loss": -1e308, "ok": 3.0, "big": 1e20},
+         "status": "keep", "description": "forged", "timestamp": 2, "segment": 0, "confidence": None, "asi": {}},
+    ]
+    path = tmp_path / "autoresearch.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    seg = ledger.load_state(path).current
+    assert seg is not None and seg.best == 2.0 and seg.best_run is not None and seg.best_run.run == 1
+    assert ledger.load_state(path).runs[1].metrics == {"ok": 3.0}

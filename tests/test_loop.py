@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from toy import TRAIN, cli, cli_proc, git, lines, make_toy, runs, set_constant
+from toy import TRAIN, cli, cli_proc, git, lines, make_toy, runs, set_constant, set_session
 
 from harness import config as config_mod
 from harness.loop import WorkspaceLock, normalized_diff_hash, parse_until
@@ -184,13 +184,19 @@ def test_notes_edits_survive_a_discard(tmp_path: Path) -> None:
     assert "update notes before experiment #2" in git(root, "log", "--format=%s")
 
 
-def test_run_modifying_tracked_files_is_checks_failed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sandbox", ["auto", "checkout", "off"])
+def test_run_modifying_a_fixed_file_never_counts(tmp_path: Path, sandbox: str) -> None:
     root = make_toy(tmp_path / "ws")
+    set_session(root, sandbox=sandbox)
     cli(root, "experiment", "-d", "baseline")
     (root / "train.py").write_text(TRAIN.replace("0.01", "0.02") + "open(__file__.replace('train.py', 'eval.py'), 'a').write('#')\n")
     cli(root, "experiment", "-d", "tamper", "--asi", '{"hypothesis": "h"}')
     r = runs(root)[-1]
-    assert r.status == "checks_failed" and "eval.py" in r.asi["rollback_reason"]
+    if sandbox == "auto":  # under bubblewrap the fixed files of the run's checkout are read-only: the write fails
+        assert r.status == "crash" and "Read-only file system" in r.asi["tail"]
+    else:  # without it the write lands in the run's own checkout (or the workspace), and is seen
+        assert r.status == "checks_failed" and "eval.py" in r.asi["rollback_reason"]
+    assert "#" not in (root / "eval.py").read_text()
 
 
 def test_failure_streak_stops_the_loop(tmp_path: Path, capsys) -> None:
@@ -294,6 +300,9 @@ def test_kill_at_every_step_then_resume_is_consistent(tmp_path: Path, point: str
 
 def test_kill_during_the_run_then_resume(tmp_path: Path) -> None:
     root = make_toy(tmp_path / "ws")
+    # without bubblewrap, and given the controller's pid, a run can kill the controller (under bubblewrap it
+    # cannot: tests/test_adversarial.py)
+    set_session(root, sandbox="checkout", env=("CTL_PID",))
     cli(root, "experiment", "-d", "baseline")
     # the experiment's command kills the controller (its grandparent through bash) mid-run
     (root / "train.py").write_text(TRAIN.replace("0.01", "0.02") + "import os, signal\nos.kill(int(os.environ['CTL_PID']), signal.SIGKILL)\n")
@@ -431,6 +440,7 @@ def test_inspection_outputs_do_not_trip_the_scope_check(tmp_path: Path) -> None:
 
 def test_run_deleting_a_tracked_file_is_checks_failed(tmp_path: Path) -> None:
     root = make_toy(tmp_path / "ws")
+    set_session(root, sandbox="off")  # in the workspace itself; a sandboxed run deletes only its own copy (below)
     cli(root, "experiment", "-d", "baseline")
     (root / "notes.txt").write_text("tracked\n")
     git(root, "add", "notes.txt")
@@ -440,4 +450,17 @@ def test_run_deleting_a_tracked_file_is_checks_failed(tmp_path: Path) -> None:
     r = runs(root)[-1]
     assert r.status == "checks_failed" and "notes.txt" in r.asi["rollback_reason"]
     assert (root / "notes.txt").read_text() == "tracked\n"  # restored; the run's deletion went to a stash
+    assert git(root, "status", "--porcelain") == ""
+
+
+def test_a_sandboxed_run_deleting_a_tracked_file_deletes_only_its_own_copy(tmp_path: Path) -> None:
+    root = make_toy(tmp_path / "ws")
+    cli(root, "experiment", "-d", "baseline")
+    (root / "notes.txt").write_text("tracked\n")
+    git(root, "add", "notes.txt")
+    git(root, "commit", "-qm", "a tracked file")
+    (root / "train.py").write_text(TRAIN.replace("0.01", "0.0316") + "import os\nos.remove('notes.txt')\n")
+    cli(root, "experiment", "-d", "deletes a file", "--asi", '{"hypothesis": "h"}')
+    assert runs(root)[-1].status == "keep"  # judged on its metric: the workspace never saw the deletion
+    assert (root / "notes.txt").read_text() == "tracked\n"
     assert git(root, "status", "--porcelain") == ""

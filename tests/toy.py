@@ -81,3 +81,14 @@ def set_constant(root: Path, name: str, value: str) -> None:
             line = f"{name} = {value}" + (f"  #{rest[1]}" if len(rest) > 1 else "")
         out.append(line)
     p.write_text("\n".join(out) + "\n")
+
+
+def set_session(root: Path, **changes: object) -> None:
+    """Change [session] settings of the workspace's autoresearch.toml and commit them, as a user would."""
+    from harness import config as config_mod
+
+    cfg = config_mod.with_overrides(config_mod.load(root), **changes)
+    config_mod.save(root, cfg)
+    if subprocess.run(["git", "diff", "--quiet", "autoresearch.toml"], cwd=root).returncode:
+        subprocess.run(["git", "commit", "-qm", f"session: {sorted(changes)}", "autoresearch.toml"], cwd=root,
+                       check=True, capture_output=True)
