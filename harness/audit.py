@@ -62,7 +62,8 @@ RULES: tuple[Rule, ...] = (
     Rule("dynamic-code", "runs code built at run time (exec, eval, compile, types.FunctionType), which the audit "
                          "cannot read"),
     Rule("validation-data", "reads the validation (or held-out) split in training code"),
-    Rule("fixed-file-write", "writes, moves or deletes a fixed file (or its bytecode), or runs a command naming one"),
+    Rule("fixed-file-write", "writes, moves or deletes a fixed file (or its bytecode, or the harness's own files: "
+                             "the ledger, autoresearch.toml, .autoresearch/, .git/), or runs a command naming one"),
     Rule("import-time-code", "runs code when the file is imported: the fixed evaluation imports it for the model "
                              "definitions, so module level may hold only imports, definitions and constants"),
     Rule("prints-primary-metric", "prints a line for the primary metric, which only the fixed evaluation may print"),
@@ -346,6 +347,11 @@ _SAME_PATH = frozenset({"builtins.str", "os.fspath", "os.fsdecode", "os.path.abs
 _SAME_METHODS = frozenset({"resolve", "absolute", "expanduser", "as_posix", "__fspath__", "strip", "lower"})
 
 
+_BINDERS = frozenset({ast.Assign, ast.AnnAssign, ast.NamedExpr, ast.AugAssign, ast.For, ast.AsyncFor,
+                      ast.comprehension, ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef,
+                      ast.ClassDef, ast.arg, ast.ExceptHandler, ast.withitem})
+
+
 class _Index:
     """Every binding of every name in one file, whatever its scope (flow-insensitive, so an alias made in
     one function counts in another: more findings, never fewer), and what names and strings resolve to."""
@@ -361,7 +367,8 @@ class _Index:
         self._busy: set[str] = set()  # names being resolved (a = b; b = a ends there)
         self._busy_folds: set[str] = set()
         for node in nodes:
-            self._collect(node)
+            if type(node) in _BINDERS:
+                self._collect(node)
 
     def _bind(self, target: ast.expr, value: ast.expr | None, lines: Lines) -> None:
         if isinstance(target, ast.Name):
@@ -525,7 +532,8 @@ class _Index:
         # The assignments that do not mention the name first; those that grow it (`p += "are.py"`) then
         # see those values (one step of growth, not a fixed point: enough for code written in steps).
         values = self.values[name]
-        grows = [any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(v)) for v, _ in values]
+        grows = [len(values) > 1 and any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(v))
+                 for v, _ in values]
         out = [(s, ln | sl) for (v, ln), g in zip(values, grows, strict=True) if not g for s, sl in self.fold(v)]
         self._folds[name] = out[:_CAP] or [UNKNOWN]
         out += [(s, ln | sl) for (v, ln), g in zip(values, grows, strict=True) if g for s, sl in self.fold(v)]
@@ -609,6 +617,8 @@ _COPIERS = frozenset({"shutil.copy", "shutil.copy2", "shutil.copyfile", "shutil.
                       "shutil.copystat"})
 _PATH_METHODS = frozenset({"write_text", "write_bytes", "unlink", "rename", "replace", "touch", "chmod", "lchmod",
                            "symlink_to", "hardlink_to", "rmdir"})
+_HARNESS_FILES = frozenset({"autoresearch.jsonl", "autoresearch.toml"})
+_HARNESS_DIRS = re.compile(r"/\.(?:autoresearch|git)/")
 _SHELLS = ("os.system", "os.popen", "os.exec", "os.spawn", "os.posix_spawn", "subprocess.")
 _MUTATORS = frozenset({"update", "setdefault", "pop", "popitem", "clear", "__setitem__", "__delitem__", "append",
                        "extend", "insert", "remove", "add", "discard", "sort", "reverse"})
@@ -625,6 +635,8 @@ _DYNAMIC = frozenset({"builtins.exec", "builtins.eval", "builtins.compile", "typ
 _CALLABLE_MAKERS = frozenset({"functools.partial", "functools.wraps", "torch.compile", "types.MethodType",
                               "builtins.staticmethod", "builtins.classmethod"})
 
+_CHECKED = frozenset({ast.Import, ast.ImportFrom, ast.Name, ast.Attribute, ast.Constant, ast.Assign, ast.AugAssign,
+                      ast.AnnAssign, ast.Delete, ast.For, ast.AsyncFor, ast.withitem, ast.Call})  # what _node reads
 Hit = tuple[str, ast.AST, Lines, str]  # rule, node (its line is reported), lines it depends on, detail
 
 
@@ -657,7 +669,8 @@ class _Checks:
 
     def run(self) -> Iterator[Hit]:
         for node in self.nodes:
-            yield from self._node(node)
+            if type(node) in _CHECKED:
+                yield from self._node(node)
         yield from self._module_level()
         if self.scope.import_time:
             yield from _ImportTime(self.ix).check(self.tree.body)
@@ -862,6 +875,8 @@ class _Checks:
                 if hit is None and ("__pycache__" in text or any(
                         name.startswith(m + ".") and name.endswith(".pyc") for m in self.scope.modules)):
                     hit = name or "__pycache__"
+                if hit is None and (name in _HARNESS_FILES or _HARNESS_DIRS.search("/" + text)):
+                    hit = name  # the ledger, the state, the session's config or git: fixed for every target
             if hit:
                 return hit, ln
         return None

@@ -99,6 +99,9 @@ def _rules(source: str, **scope) -> set[str]:
         ("import os\nos.replace('x.py', f'{d}/evalfix.py')", "fixed-file-write"),
         ("open('__pycache__/evalfix.cpython-311.pyc', 'wb')", "fixed-file-write"),
         ("import subprocess\nsubprocess.run(['cp', 'x.py', 'evalfix.py'])", "fixed-file-write"),
+        ("open('autoresearch.jsonl', 'a').write('{}')", "fixed-file-write"),
+        ("from pathlib import Path\nPath('.git/hooks/pre-commit').write_text('#!/bin/sh')", "fixed-file-write"),
+        ("import os\nos.remove(os.path.join(root, '.autoresearch', 'state.json'))", "fixed-file-write"),
     ],
 )
 def test_each_rule_catches_its_hack(source: str, rule: str) -> None:
