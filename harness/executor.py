@@ -40,6 +40,7 @@ Runner = Callable[..., RunResult]
 MetricOrigin = Literal["evaluation", "run"]  # a separate evaluation process, or the run itself
 CHECKPOINT_ENV = "AUTORESEARCH_CHECKPOINT"
 CACHE_ENV = "AUTORESEARCH_CACHE_DIR"
+STAGE = ".sandbox"  # beside the checkpoint directories: where a bubblewrapped run's checkpoint is written
 _KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
@@ -272,9 +273,13 @@ class SandboxExecutor:
             run_env[integrity.RESULT_ENV] = str(result_file)
         fixed = self._fixed(src)
         before = sandbox.file_digests(src, fixed)
-        ckpt = _checkpoint(env)
-        res = self._exec(cfg.command, src, rd, run_env, rw=[ckpt], log=self.state_dir / "runs" / f"{key}.log",
-                         tail=self.ws.root / "run.log", timeout_s=timeout, label=label, budget_s=cfg.time_budget_s)
+        ckpt, stage = self._stage_checkpoint(env)
+        try:
+            res = self._exec(cfg.command, src, rd, run_env, rw=[] if stage else [ckpt], rw_at=stage,
+                             log=self.state_dir / "runs" / f"{key}.log", tail=self.ws.root / "run.log",
+                             timeout_s=timeout, label=label, budget_s=cfg.time_budget_s)
+        finally:
+            self._unstage_checkpoint(ckpt, bool(stage))
         after = sandbox.file_digests(src, fixed)
         tampered = tuple(p for p in fixed if before[p] != after[p])
         self._last = (src, rd)
@@ -343,6 +348,39 @@ class SandboxExecutor:
         self._root, self._last = None, None
 
     # ---------------------------------------------------------------- the pieces
+    def _stage_checkpoint(self, env: Mapping[str, str]) -> tuple[Path | None, tuple[tuple[str, str], ...]]:
+        """The run's checkpoint directory, emptied (its output: never a stale one from an earlier seed),
+        and with bubblewrap the bind that gives it to the run. A bind mount cannot be renamed or removed
+        (EBUSY), and writing a new directory and renaming it over the old one is a common way to save;
+        so the run gets the directory's parent from a private host directory, `.sandbox/` beside it, on
+        the same file system, which holds nothing but this run's checkpoint; `_unstage_checkpoint`
+        moves it into place after the run. The other runs' checkpoints stay out of its sight."""
+        if not env.get(CHECKPOINT_ENV):
+            return None, ()
+        ckpt = Path(env[CHECKPOINT_ENV]).absolute()
+        _remove(ckpt)
+        if not self.sandboxed:
+            ckpt.mkdir(parents=True)
+            return ckpt, ()
+        stage = ckpt.parent / STAGE
+        _remove(stage)
+        (stage / ckpt.name).mkdir(parents=True)
+        return ckpt, ((str(stage), str(ckpt.parent)),)
+
+    @staticmethod
+    def _unstage_checkpoint(ckpt: Path | None, staged: bool) -> None:
+        """Put the run's checkpoint in place. Only a real directory counts: a symlink there (to another
+        run's checkpoint, say) would have the evaluation score a model this run did not train."""
+        if ckpt is None:
+            return
+        if staged:
+            out = ckpt.parent / STAGE / ckpt.name
+            if out.is_dir() and not out.is_symlink():
+                out.rename(ckpt)
+            _remove(ckpt.parent / STAGE)
+        elif ckpt.is_symlink() or (ckpt.exists() and not ckpt.is_dir()):
+            ckpt.unlink()
+
     def _start(self) -> Path:
         if self._root is None:
             self.check()
@@ -388,7 +426,8 @@ class SandboxExecutor:
 
     def _exec(self, command: str, src: Path, rd: Path, run_env: Mapping[str, str], *, log: Path, timeout_s: float,
               label: str, rw: Sequence[Path | None] = (), ro: Sequence[Path | None] = (), tail: Path | None = None,
-              budget_s: float | None = None, network: bool | None = None, writable_data: bool = False) -> RunResult:
+              budget_s: float | None = None, network: bool | None = None, writable_data: bool = False,
+              rw_at: tuple[tuple[str, str], ...] = ()) -> RunResult:
         """One process in checkout `src` (run directory `rd`), with `run_env`'s AUTORESEARCH_* over the
         allowlist; `rw` / `ro`: further host directories it may write / read (None entries skipped)."""
         cfg = self.cfg
@@ -416,7 +455,7 @@ class SandboxExecutor:
                                         *(str(p) for p in ro if p is not None)])),
                 rw=tuple(dict.fromkeys([str(rd), *([str(cache)] if writable_data else []),
                                         *(str(p) for p in rw if p is not None)])),
-                ro_at=() if writable_data else binds, rw_at=binds if writable_data else (),
+                ro_at=() if writable_data else binds, rw_at=(*(binds if writable_data else ()), *rw_at),
                 ro_files=tuple(str(src / f) for f in self._fixed(src)),
                 masked=sandbox.masked_sockets(), devices=sandbox.gpu_devices(), network=net,
                 bwrap=self.bwrap or "bwrap")
@@ -432,6 +471,14 @@ class SandboxExecutor:
             log_cap_bytes=int(cfg.log_cap_mb * 2**20), redact=secret_values(), timeout_s=timeout_s, log_path=log,
             tail_path=tail, budget_s=budget_s, progress=self.progress, cancel=self.cancel, label=label,
         )
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        sandbox.clear_dir(path)
+        path.rmdir()
 
 
 def _key(key: str) -> str:

@@ -394,6 +394,47 @@ def test_metric_comes_from_the_separate_evaluation(base: Path, mode: str):
     assert held.failure is None and held.metrics["score"] == 0.75 and held.eval_s is not None
 
 
+REPLACE = """
+import os, shutil
+ck = os.environ["AUTORESEARCH_CHECKPOINT"]
+print("checkpoints in sight:", sorted(os.listdir(os.path.dirname(ck))))
+print("stale one there:", os.path.exists(os.path.join(ck, "model.txt")))
+os.makedirs(ck + ".new")
+with open(os.path.join(ck + ".new", "model.txt"), "w") as f:
+    f.write("0.5")
+shutil.rmtree(ck)  # a mount point would refuse this (EBUSY): the run gets the directory's parent instead
+os.rename(ck + ".new", ck)
+"""
+FORGE = """
+import os
+ck = os.environ["AUTORESEARCH_CHECKPOINT"]
+os.rmdir(ck)
+os.symlink(os.path.join(os.path.dirname(ck), "run-0"), ck)  # the best run's checkpoint, scored as ours
+"""
+
+
+def test_checkpoint_written_whole_and_never_borrowed(base: Path, mode: str):
+    ws, cfg = eval_workspace(base)
+    best, ours = ws.state_dir / "checkpoints" / "run-0", ws.state_dir / "checkpoints" / "run-1"
+    for d, value in ((best, "0.1"), (ours, "stale")):
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "model.txt").write_text(value)
+    (ws.root / "replace.py").write_text(REPLACE)
+    (ws.root / "forge.py").write_text(FORGE)
+    git(ws.root, "add", "-A")
+    git(ws.root, "commit", "-qm", "scripts")
+    ex = executor(ws, cfg, mode)
+    x = run(ex, ws, "python replace.py")
+    assert x.failure is None and x.metrics["score"] == 0.5, x.res.tail
+    assert "stale one there: False" in x.res.tail  # emptied before the run: its output is what it wrote
+    seen = "['run-1']" if mode == "bwrap" else "['run-0', 'run-1']"
+    assert f"checkpoints in sight: {seen}" in x.res.tail
+    assert sorted(p.name for p in best.parent.iterdir()) == ["run-0", "run-1"] and (ours / "model.txt").read_text() == "0.5"
+    x = run(ex, ws, "python forge.py", key="2")
+    assert x.failure == "the evaluation failed (exit 1)" and not ours.is_symlink() and list(ours.iterdir()) == []
+    assert (best / "model.txt").read_text() == "0.1"
+
+
 def test_a_failed_evaluation_is_a_crash(base: Path, mode: str):
     ws, cfg = eval_workspace(base)
     ex = executor(ws, dataclasses.replace(cfg, evaluate="echo no checkpoint here; exit 3"), mode)
