@@ -82,7 +82,7 @@ def evaluation_failure(res: RunResult, timeout_s: float) -> str | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Measured:
+class RunMetrics:
     """A run's metrics as the ledger takes them, with the channel's verdict and notes."""
 
     metrics: dict[str, float]
@@ -90,21 +90,21 @@ class Measured:
     notes: dict[str, object]
 
 
-def measured(metric: str, printed: Mapping[str, float], channel: tuple[list[tuple[str, float]], list[str]] | None,
-             evaluation_printed: Mapping[str, float] | None = None) -> Measured:
+def run_metrics(metric: str, printed: Mapping[str, float], channel: tuple[list[tuple[str, float]], list[str]] | None,
+                evaluation_printed: Mapping[str, float] | None = None) -> RunMetrics:
     """What a run measured (pure). `printed`: the run's METRIC lines. `channel`: what the result file
     held (the evaluation's, or the run's own for a legacy target), or None for a stdout target.
     `evaluation_printed`: the separate evaluation's METRIC lines. The primary metric comes only from
     the channel; a value the run printed for it is ignored and noted (integrity.apply_channel)."""
     if channel is None:
-        return Measured(dict(printed), None, {})
+        return RunMetrics(dict(printed), None, {})
     seen = dict(printed)
     if evaluation_printed is not None:
         seen = {**printed, **evaluation_printed}
         if metric in printed:  # the run's claim is what the note compares with the channel
             seen[metric] = printed[metric]
     verdict = integrity.apply_channel(metric, seen, *channel)
-    return Measured(verdict.metrics, verdict.failure, dict(verdict.notes))
+    return RunMetrics(verdict.metrics, verdict.failure, dict(verdict.notes))
 
 
 def _checkpoint(env: Mapping[str, str]) -> Path | None:
@@ -156,9 +156,9 @@ class LocalExecutor:
             budget_s=cfg.time_budget_s, progress=self.progress, cancel=self.cancel, label=label,
         )
         failure, out, eval_s = failure_of(res, timeout), res, None
-        m = measured(cfg.metric.name, res.metrics, integrity.read_results(result_file) if legacy else None)
+        m = run_metrics(cfg.metric.name, res.metrics, integrity.read_results(result_file) if legacy else None)
         if cfg.evaluate:
-            m = Measured({k: v for k, v in res.metrics.items() if k != cfg.metric.name}, None, {})
+            m = RunMetrics({k: v for k, v in res.metrics.items() if k != cfg.metric.name}, None, {})
             if failure is None:
                 ev_file = self._result_file(f"{key}.eval")
                 ev = self.runner(cfg.evaluate, self.ws.root, env={**run_env, integrity.RESULT_ENV: str(ev_file)},
@@ -167,7 +167,7 @@ class LocalExecutor:
                 _append_tail(self.ws.root / "run.log", "evaluation", ev.tail)
                 eval_s, failure = ev.wall_s, evaluation_failure(ev, timeout)
                 if failure is None:
-                    m = measured(cfg.metric.name, res.metrics, integrity.read_results(ev_file), ev.metrics)
+                    m = run_metrics(cfg.metric.name, res.metrics, integrity.read_results(ev_file), ev.metrics)
                 else:
                     out = dataclasses.replace(res, tail=ev.tail)
         metrics = dict(m.metrics)
@@ -284,15 +284,15 @@ class SandboxExecutor:
         tampered = tuple(p for p in fixed if before[p] != after[p])
         self._last = (src, rd)
         failure, out, eval_s = failure_of(res, timeout), res, None
-        m = measured(name, res.metrics, integrity.read_results(result_file) if legacy else None)
+        m = run_metrics(name, res.metrics, integrity.read_results(result_file) if legacy else None)
         if cfg.evaluate:
-            m = Measured({k: v for k, v in res.metrics.items() if k != name}, None, {})
+            m = RunMetrics({k: v for k, v in res.metrics.items() if k != name}, None, {})
             if failure is None:
                 ev, channel = self._evaluation(cfg.evaluate, commit, env, seed, key=f"{key}.eval", label=label)
                 _append_tail(self.ws.root / "run.log", "evaluation", ev.tail)
                 eval_s, failure = ev.wall_s, evaluation_failure(ev, timeout)
                 if failure is None:
-                    m = measured(name, res.metrics, channel, ev.metrics)
+                    m = run_metrics(name, res.metrics, channel, ev.metrics)
                 else:
                     out = dataclasses.replace(res, tail=ev.tail)
         metrics = dict(m.metrics)
