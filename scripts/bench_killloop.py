@@ -40,17 +40,34 @@ SLOW_EVAL = EVAL.replace("import importlib.util, math, os, sys\n",
 HELDOUT = "import time\ntime.sleep(0.3)\nprint('METRIC hscore=1.0')\n"
 
 
-def orphans() -> list[int]:
-    """Pids of live processes that carry a runner token: a run's processes, which must all be gone."""
+MARK = "KILLLOOP_MARK"  # passed to runs through [session] env: only this benchmark's processes carry it
+
+
+ORPHAN_GRACE_S = 2.0  # a process still alive this long after the controller's SIGKILL is an orphan
+
+
+def describe(pid: int) -> str:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        return f"ppid {ppid}: {cmd[:160]}"
+    except OSError:
+        return "(gone)"
+
+
+def orphans(mark: str) -> list[int]:
+    """Pids of live processes of this benchmark's runs (its mark and a runner token): all must be gone."""
     found = []
+    want = f"{MARK}={mark}".encode()
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) == os.getpid():
             continue
         try:
-            if f"{TOKEN_VAR}=".encode() in (d / "environ").read_bytes():
-                found.append(int(d.name))
+            environ = (d / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
+        if want in environ and any(x.startswith(f"{TOKEN_VAR}=".encode()) for x in environ):
+            found.append(int(d.name))
     return found
 
 
@@ -96,10 +113,12 @@ def main() -> int:
     text = text.replace("[session]\n", '[session]\nheldout_metric = "hscore"\nheldout_command = "python heldout.py"\n', 1)
     if args.sandbox:
         text = text.replace('sandbox = "auto"', f'sandbox = "{args.sandbox}"')
+    text = text.replace("env = []", f'env = ["{MARK}"]')
     (root / "autoresearch.toml").write_text(text)
     git(root, "add", "-A")
     git(root, "commit", "-qm", "held-out evaluation")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    mark = f"{os.getpid()}-{rng.random()}"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", MARK: mark}
     cli = [sys.executable, "-m", "harness.cli", "-C", str(root)]
     failures: Counter[str] = Counter()
     orphan_total, t0 = 0, time.monotonic()
@@ -109,8 +128,11 @@ def main() -> int:
         time.sleep(rng.uniform(0, args.max_delay))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        time.sleep(0.3)  # the kernel delivers parent-death signals asynchronously
-        left = orphans()
+        deadline = time.monotonic() + ORPHAN_GRACE_S  # death signals and namespace teardown are asynchronous
+        while (left := orphans(mark)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in left[:3]:
+            print(f"round {i}: orphan {pid}: {describe(pid)}", file=sys.stderr)
         orphan_total += len(left)
         for pid in left:
             os.kill(pid, signal.SIGKILL)
