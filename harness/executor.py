@@ -345,6 +345,7 @@ class SandboxExecutor:
         if self._root is not None:
             sandbox.clear_dir(self._root)
             self._root.rmdir()
+            self._root.with_name(self._root.name + ".workspace").unlink(missing_ok=True)
         self._root, self._last = None, None
 
     # ---------------------------------------------------------------- the pieces
@@ -386,6 +387,7 @@ class SandboxExecutor:
             self.check()
             self._root = sandbox.run_root(self.ws)
             sandbox.clear_dir(self._root)  # whatever a killed controller left
+            sandbox.sweep_run_roots()  # and those of deleted workspaces
         return self._root
 
     def _fresh(self, commit: str, rd: Path) -> Path:

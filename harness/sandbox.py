@@ -361,12 +361,37 @@ def _private_dir(path: Path) -> None:
 
 def run_root(ws: Workspace) -> Path:
     """`$TMPDIR/autoresearch-<uid>/<sha256 of the workspace path, 12 hex>/`, 0700: one subdirectory
-    per run key, outside the workspace, so nothing a run writes there lands in it."""
+    per run key, outside the workspace, so nothing a run writes there lands in it. Beside it,
+    `<sha>.workspace` names the workspace, for `sweep_run_roots`."""
     base = runs_base()
     _private_dir(base)
     root = base / hashlib.sha256(str(ws.root).encode()).hexdigest()[:12]
     _private_dir(root)
+    marker = root.with_name(root.name + ".workspace")
+    if not marker.is_file():
+        marker.write_text(str(ws.root), encoding="utf-8")
     return root
+
+
+def sweep_run_roots() -> list[Path]:
+    """Remove the run directories of workspaces that no longer exist (a deleted session's last
+    checkout would otherwise stay in $TMPDIR for good); returns the workspaces they belonged to."""
+    gone = []
+    base = runs_base()
+    for marker in base.glob("*.workspace") if base.is_dir() else ():
+        try:
+            workspace = Path(marker.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            continue
+        if workspace.exists():
+            continue
+        root = marker.with_suffix("")
+        clear_dir(root)
+        with contextlib.suppress(FileNotFoundError):
+            root.rmdir()
+        marker.unlink(missing_ok=True)
+        gone.append(workspace)
+    return gone
 
 
 def clear_dir(path: Path) -> None:

@@ -74,8 +74,8 @@ def main() -> None:
                 t = median_s(one, args.runs)
                 print(f"  {name:<8} {t * 1000:7.1f} ms   ratio {t / base:4.2f}x   overhead {t - base:+.3f} s")
     finally:
-        shutil.rmtree(sandbox.runs_base() / sandbox.run_root(Workspace(tmp / "ws")).name, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
+        sandbox.sweep_run_roots()  # the bench workspace's run directories
 
 
 if __name__ == "__main__":

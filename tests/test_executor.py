@@ -51,14 +51,8 @@ def base() -> Iterator[Path]:
     where = "/var/tmp" if os.access("/var/tmp", os.W_OK) else None
     path = Path(tempfile.mkdtemp(prefix="autoresearch-test-", dir=where))
     yield path
-    shutil.rmtree(sandbox.runs_base() / _root_name(path / "ws"), ignore_errors=True)
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _root_name(ws_root: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(str(ws_root.resolve()).encode()).hexdigest()[:12]
+    sandbox.sweep_run_roots()  # this workspace's run directories, now that it is gone
 
 
 def workspace(base: Path, files: dict[str, str] | None = None, **changes: object) -> tuple[Workspace, Config]:

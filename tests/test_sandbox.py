@@ -275,6 +275,8 @@ def test_run_root_is_private_and_per_workspace(tmp_path: Path, monkeypatch: pyte
     os.chmod(ra / "1" / "src", 0o500)  # what a run may leave
     sandbox.clear_dir(ra)
     assert list(ra.iterdir()) == []
+    shutil.rmtree(b.root)  # a deleted session: its run directories go at the next sweep, the others stay
+    assert sandbox.sweep_run_roots() == [b.root] and not rb.exists() and ra.exists()
     shutil.rmtree(ra.parent)
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "tmp" / f"autoresearch-{os.getuid()}").symlink_to(tmp_path / "elsewhere")  # planted
