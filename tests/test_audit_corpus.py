@@ -312,7 +312,7 @@ def test_the_shipped_train_py_passes_as_a_whole(tmp_path: Path) -> None:
 
 def test_the_audit_is_fast_on_the_real_train_py(tmp_path: Path) -> None:
     """The audit runs before every experiment: a fraction of a second on a ~900-line train.py, even on a
-    loaded 2-core CI machine (measured: about 15 ms here)."""
+    loaded 2-core CI machine (measured: 17-20 ms on 2 loaded cores, ast.parse alone 6 ms)."""
     from harness.audit import AuditScope, audit_source, fixed_surface
 
     surface = fixed_surface([ASSETS / "pretrain" / "prepare.py", ASSETS / "arkit.py"])
@@ -334,7 +334,8 @@ PREPARE_ARGS = "--dataset local --max-bytes 300000 --vocab-size 512 --eval-token
 def test_the_innocent_corpus_runs_through_the_loop_and_is_judged_on_its_metric(tmp_path, monkeypatch) -> None:
     """Each innocent change as an experiment of a real pretrain session (2 s budget, small local data, CPU):
     the audit lets it through, it trains, the fixed evaluation scores it, and the controller keeps or
-    discards it on that number: never checks_failed, never a crash."""
+    discards it on that number: never checks_failed, never a crash. About 320 s for the 23 runs on 2 loaded
+    cores (slow: CI runs it)."""
     import subprocess
 
     from harness import config as config_mod
