@@ -14,8 +14,9 @@ import it.
     band, split_of               hash-based train / val / heldout splits, the same on every machine
     sha256_hex, file_digest, fingerprint, write_manifest, read_manifest
                                  what a prepared dataset is, recorded once, written last
-    read_checkpoint, import_code, load_checkpoint_model
-                                 evaluation from a checkpoint, with the model code saved inside it
+    read_checkpoint              a checkpoint's config.json, once its files are all there
+    load_program, Program        a torch.export program (model.pt2) read as data and run as ATen operator
+                                 calls: nothing unpickled, evaluated or imported from the file
 
 Standard library only at import: numpy, torch and huggingface_hub are imported by the functions that use
 them, so a target that does not use torch does not pay for it.
@@ -24,14 +25,16 @@ them, so a target that does not use torch does not pay for it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
+import re
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 # ---------------------------------------------------------------------------
 # The result channel
@@ -40,11 +43,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 # The harness names a fresh file for each run in this variable and, for targets with
 # metric_source = "result_file", takes the primary metric only from it: a number printed by train.py cannot
 # stand in for the fixed evaluation. The path is read once, here, when the fixed side first imports the kit,
-# and removed from os.environ, so the agent's code that runs later in the same process (train.py imports
-# prepare.py, which imports this) does not find it by reading the environment. That is not a security
-# boundary: code in the same process can still reach this module's globals or the process's memory, and the
-# harness's static audit of train.py is what looks for that. Moving the evaluation into a process of its own
-# (the sandbox work) is what will close it.
+# and removed from os.environ, so code that runs later in the same process does not find it by reading the
+# environment. That is not a security boundary (code in the same process can reach this module's globals);
+# what is one is the process: for targets with a separate evaluation (pretrain's `prepare.py --evaluate`),
+# the harness gives the variable only to that process, which never runs a line of the agent's code.
 _RESULT_FILE = os.environ.pop("AUTORESEARCH_RESULT_FILE", None) or None
 
 
@@ -293,9 +295,10 @@ def read_manifest(directory: str) -> dict | None:
 # ---------------------------------------------------------------------------
 # Evaluation from a checkpoint
 # ---------------------------------------------------------------------------
-# A kept run's checkpoint holds its weights, its config and a copy of the train.py that trained it. The fixed
-# side rebuilds the model with that copy, so later edits to the workspace's train.py can neither break nor
-# steer the evaluation of an earlier run.
+# A run's checkpoint holds its model as data: model.pt2, the model traced by torch.export (ATen operator calls
+# over named tensors, for one fixed input shape) and saved by torch.export.save, and config.json. The fixed
+# evaluation runs that program in a process of its own, which never imports or executes a line of the run's
+# code; the checkpoint's files are read as data, never as code.
 
 
 class CheckpointError(KitError):
@@ -303,7 +306,7 @@ class CheckpointError(KitError):
 
 
 def read_checkpoint(
-    checkpoint: str, files: tuple[str, ...] = ("config.json", "model.pt", "train.py"), required: tuple[str, ...] = ()
+    checkpoint: str, files: tuple[str, ...] = ("config.json", "model.pt2"), required: tuple[str, ...] = ()
 ) -> dict:
     """The checkpoint's config.json, after checking that the directory holds every one of `files` and that
     the config is an object with a dict under each `required` key. Raises CheckpointError."""
@@ -325,69 +328,447 @@ def read_checkpoint(
     return config
 
 
-def import_code(path: str, module_name: str, aliases: Mapping[str, object] | None = None):
-    """Execute the Python file at `path` as a module named `module_name` and return it, without putting
-    either name in sys.modules for good: the module is registered only while it runs (dataclasses need
-    that), and so are `aliases` (module name -> module), through which its own imports resolve, e.g.
-    {"prepare": <the fixed module>} for a train.py that does `from prepare import ...`. Whatever the file
-    raises (SyntaxError, SystemExit, ...) propagates."""
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    names = {module_name: module, **(aliases or {})}
-    saved = {name: sys.modules.get(name) for name in names}
-    sys.modules.update(names)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        for name, old in saved.items():
-            if old is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = old
-    return module
+# ---------------------------------------------------------------------------
+# Exported programs, read as data
+# ---------------------------------------------------------------------------
+# Why not torch.export.load: in torch 2.13 it executes what the file says. A crafted model.pt2 runs code of
+# its author's choosing in the evaluation's process (each seen to do so here, with a marker file):
+#   - a weight or constant marked use_pickle is unpickled with torch.load(weights_only=False)
+#     (torch/export/pt2_archive/_package.py:892 and :950), an opaque constant with pickle.loads (:978);
+#   - the example inputs are torch.load-ed, falling back to weights_only=False when the safe load fails
+#     (torch/_export/serde/serialize.py:438-441);
+#   - a symbolic size is parsed with sympy.sympify, which is eval (serialize.py:2412);
+#   - the program's guards_code strings are exec-ed into a function that ExportedProgram.module() calls on
+#     every forward (torch/export/_unlift.py:213, installed at :876);
+#   - AOTInductor entries are loaded as native shared libraries (_package.py:1040-1068, from load_pt2).
+# torch's own docstring says as much (torch/export/__init__.py:296, "uses pickle under the hood ... Never load
+# data from an untrusted source"). So this reader takes the same archive and reads only data from it: JSON
+# (json.loads), raw tensor bytes (torch.frombuffer), and operator names, each resolved in the registry of ATen
+# operators (torch.ops.aten) and refused unless it names a registered ATen operator that writes to none of
+# its arguments. Nothing is unpickled, nothing is evaluated or exec-ed; entries it does not need (example
+# inputs, AOTInductor code, extra files) are never read. What it cannot read without doing one of those
+# things (pickled tensors, custom objects, symbolic shapes, operators of other namespaces, higher-order
+# operators with subgraphs, programs that mutate their state) it refuses, with a ProgramError naming it.
 
 
-def load_checkpoint_model(
-    checkpoint: str,
-    build: Callable[[object], object],
-    *,
-    code: str = "train.py",
-    weights: str = "model.pt",
-    module_name: str = "_autoresearch_checkpoint_code",
-    aliases: Mapping[str, object] | None = None,
-):
-    """(model, module): the checkpoint's own `code` imported under a private name (its `if __name__ ==
-    "__main__"` training does not run), the model made by build(module), and the state dict in `weights`
-    loaded into it strictly, on the CPU (move it after). Anything that goes wrong in the saved code becomes
-    one CheckpointError line."""
+class ProgramError(CheckpointError):
+    """Why an exported program cannot be read or run safely: one line."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor the program takes: its dtype, fixed shape and the device it was exported on."""
+
+    dtype: object  # torch.dtype
+    shape: tuple[int, ...]
+    device: str
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An operator argument that is a value of the graph, by name."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """One operator call: op(*args, **kwargs), whose results get the names in `outputs` (a name, None for a
+    result nobody reads, or a tuple of those for list results); `release` names the values no later step
+    reads, dropped after this one so that a forward holds only live activations."""
+
+    op: object  # torch._ops.OpOverload
+    args: tuple
+    kwargs: tuple[tuple[str, object], ...]
+    outputs: tuple
+    single: bool  # the operator returns one value (outputs has one entry for all of it)
+    release: tuple[str, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Program:
+    """A torch.export program as ATen operator calls: call it with its inputs (shapes and dtypes fixed at
+    export) for its outputs (one value, or a tuple). parameters() and to() behave as an nn.Module's do."""
+
+    inputs: tuple[TensorSpec, ...]
+    input_names: tuple[str, ...]
+    bound: Mapping[str, object]  # graph input name -> tensor: parameters, buffers, constants
+    parameter_names: tuple[str, ...]
+    steps: tuple[Step, ...]
+    outputs: tuple  # Refs (or literals) of the graph's outputs
+    ops: tuple[str, ...]  # the distinct operators, for the record
+
+    @property
+    def device(self) -> str:
+        """The device type the program was exported for (its first input's)."""
+        return self.inputs[0].device if self.inputs else "cpu"
+
+    def parameters(self) -> Iterator:
+        return (self.bound[n] for n in self.parameter_names)
+
+    def num_params(self) -> int:
+        return sum(t.numel() for t in self.parameters())  # type: ignore[attr-defined]
+
+    def to(self, device) -> Program:
+        return dataclasses.replace(self, bound={k: t.to(device) for k, t in self.bound.items()})  # type: ignore[attr-defined]
+
+    def __call__(self, *args):
+        if len(args) != len(self.inputs):
+            raise ProgramError(f"the program takes {len(self.inputs)} inputs, not {len(args)}")
+        for i, (spec, x) in enumerate(zip(self.inputs, args, strict=True)):
+            if tuple(x.shape) != spec.shape or x.dtype != spec.dtype:
+                raise ProgramError(
+                    f"input {i} is {x.dtype} {tuple(x.shape)}; the program was exported for {spec.dtype} {spec.shape}"
+                )
+        env = dict(self.bound)
+        env.update(zip(self.input_names, args, strict=True))
+        for step in self.steps:
+            result = step.op(*[_resolve(a, env) for a in step.args], **{k: _resolve(v, env) for k, v in step.kwargs})
+            if step.single:
+                _bind(step.outputs[0], result, env)
+            elif step.outputs:  # operators that return nothing (asserts) have no outputs
+                for name, value in zip(step.outputs, result, strict=True):
+                    _bind(name, value, env)
+            for name in step.release:
+                del env[name]
+        out = tuple(_resolve(o, env) for o in self.outputs)
+        return out[0] if len(out) == 1 else out
+
+
+def _resolve(value, env: Mapping[str, object]):
+    if isinstance(value, Ref):
+        return env[value.name]
+    if isinstance(value, list):  # tensor lists (as_tensors, as_optional_tensors); literal lists are tuples
+        return [env[v.name] if isinstance(v, Ref) else v for v in value]
+    return value
+
+
+def _bind(names, value, env: dict) -> None:
+    if names is None:
+        return
+    if isinstance(names, tuple):
+        for name, v in zip(names, value, strict=True):
+            _bind(name, v, env)
+    else:
+        env[names] = value
+
+
+# torch/_export/serde/schema.py's enumerations (ScalarType, MemoryFormat, Layout), as torch names them.
+_DTYPES = {
+    1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32", 8: "float64",
+    9: "complex32", 10: "complex64", 11: "complex128", 12: "bool", 13: "bfloat16", 28: "uint16",
+    29: "float8_e4m3fn", 30: "float8_e5m2", 31: "float8_e4m3fnuz", 32: "float8_e5m2fnuz", 34: "uint32", 35: "uint64",
+}
+_MEMORY_FORMATS = {1: "contiguous_format", 2: "channels_last", 3: "channels_last_3d", 4: "preserve_format"}
+_STRIDED = 7
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_ATEN_TARGET = re.compile(rf"torch\.ops\.aten\.({_NAME})\.({_NAME})")
+_RECORD = re.compile(r"(weight|tensor)_[0-9]+")
+
+
+def _union(value, what: str) -> tuple[str, object]:
+    """The one (field, value) of a serialized union (torch's _Union: an object with exactly one key)."""
+    if not isinstance(value, dict) or len(value) != 1:
+        raise ProgramError(f"{what} is not a serialized union: {str(value)[:80]}")
+    return next(iter(value.items()))
+
+
+def _int(value, what: str) -> int:
+    """A SymInt that must be a plain integer: symbolic shapes would need sympy's parser, which evaluates."""
+    kind, n = _union(value, what)
+    if kind != "as_int" or type(n) is not int:
+        raise ProgramError(f"{what} is symbolic ({kind}); only programs exported for fixed shapes are read")
+    return n
+
+
+def _dtype(code, what: str):
     import torch
 
-    path = os.path.join(checkpoint, code)
-    try:
-        module = import_code(path, module_name, aliases)
-        model = build(module)
-        state = torch.load(os.path.join(checkpoint, weights), map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - whatever the saved code does wrong, say it in one line
-        why = (str(e).strip().splitlines() or [""])[0][:300]
-        raise CheckpointError(f"cannot rebuild the model with {path}: {type(e).__name__}: {why}") from e
-    return model, module
+    name = _DTYPES.get(code) if type(code) is int else None
+    if name is None or not hasattr(torch, name):
+        raise ProgramError(f"{what} has a dtype this reader does not know ({code!r})")
+    return getattr(torch, name)
 
 
-def halve_batch_on_oom(evaluate: Callable[[int], float], batch_size: int, label: str = "evaluation") -> float:
-    """evaluate(batch_size), again with half the batch after each CUDA out-of-memory error, down to 1 row.
-    For evaluations whose result does not depend on the batch size (eager evaluation of a checkpoint holds
-    more memory than a compiled training run did)."""
+def _tensor_meta(meta, what: str) -> tuple[object, tuple[int, ...], tuple[int, ...], int, str]:
+    """(dtype, sizes, strides, storage offset, device type) of a serialized TensorMeta."""
+    if not isinstance(meta, dict):
+        raise ProgramError(f"{what} has no tensor metadata")
+    if meta.get("layout") != _STRIDED:
+        raise ProgramError(f"{what} is not a strided (dense) tensor")
+    sizes = tuple(_int(s, what) for s in meta.get("sizes", ()))
+    strides = tuple(_int(s, what) for s in meta.get("strides", ()))
+    device = meta.get("device")
+    if not (isinstance(device, dict) and isinstance(device.get("type"), str)):
+        raise ProgramError(f"{what} has no device")
+    return _dtype(meta.get("dtype"), what), sizes, strides, _int(meta.get("storage_offset"), what), device["type"]
+
+
+def _aten_op(target):
+    """The ATen operator a node names, from the registry; refused unless it is one that mutates nothing."""
     import torch
 
-    while True:
+    m = _ATEN_TARGET.fullmatch(target) if isinstance(target, str) else None
+    packet = getattr(torch.ops.aten, m[1], None) if m else None
+    op = getattr(packet, m[2], None) if m and isinstance(packet, torch._ops.OpOverloadPacket) else None
+    if not isinstance(op, torch._ops.OpOverload) or op.namespace != "aten":
+        raise ProgramError(
+            f"operator {str(target)[:80]!r} is not a registered ATen operator (torch.ops.aten.*); the evaluation "
+            "runs ATen operators only (no higher-order, custom or Python operators)"
+        )
+    if op._schema.is_mutable:
+        raise ProgramError(f"operator {target} writes to its arguments; an evaluated program must be a pure function")
+    return op
+
+
+def _argument(arg, what: str):
+    """A serialized Argument as a Python value: Ref for a graph value, a literal otherwise (tuples for
+    literal lists). Kinds that would need code to rebuild (symbolic values, graphs, custom objects,
+    operators) are refused."""
+    import torch
+
+    kind, v = _union(arg, what)
+    if kind == "as_none":
+        return None
+    if kind == "as_tensor":
+        return Ref(v["name"])
+    if kind == "as_tensors":
+        return [Ref(t["name"]) for t in v]
+    if kind == "as_optional_tensor":
+        return _optional_tensor(v, what)
+    if kind == "as_optional_tensors":
+        return [_optional_tensor(t, what) for t in v]
+    literal = {"as_int": int, "as_float": (int, float), "as_bool": bool, "as_string": str}
+    if kind in literal:
+        if not isinstance(v, literal[kind]) or (kind == "as_int" and type(v) is not int):
+            raise ProgramError(f"{what}: {kind} holds {type(v).__name__}")
+        return float(v) if kind == "as_float" else v
+    lists = {"as_ints": int, "as_floats": (int, float), "as_bools": bool, "as_strings": str}
+    if kind in lists:
+        if not isinstance(v, list) or not all(isinstance(x, lists[kind]) for x in v):
+            raise ProgramError(f"{what}: {kind} is not a list of {kind[3:-1]}s")
+        return tuple(float(x) for x in v) if kind == "as_floats" else tuple(v)
+    if kind == "as_scalar_type":
+        return _dtype(v, what)
+    if kind == "as_memory_format":
+        if v not in _MEMORY_FORMATS:
+            raise ProgramError(f"{what}: unknown memory format {v!r}")
+        return getattr(torch, _MEMORY_FORMATS[v])
+    if kind == "as_layout":
+        if v != _STRIDED:
+            raise ProgramError(f"{what}: only the strided layout is read")
+        return torch.strided
+    if kind == "as_device":
         try:
-            return evaluate(batch_size)
-        except torch.cuda.OutOfMemoryError:
-            if batch_size == 1:
-                raise
-            batch_size //= 2
-            torch.cuda.empty_cache()
-            echo(f"{label}: out of GPU memory; again with batches of {batch_size} rows (the metric does not change)")
+            return torch.device(v["type"], v.get("index"))
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise ProgramError(f"{what}: not a device: {v!r}") from e
+    raise ProgramError(f"{what}: arguments of kind {kind} are not read (symbolic, graph or object values)")
+
+
+def _optional_tensor(v, what: str):
+    kind, t = _union(v, what)
+    if kind == "as_tensor":
+        return Ref(t["name"])
+    if kind == "as_none":
+        return None
+    raise ProgramError(f"{what}: optional tensor of kind {kind}")
+
+
+def _output(arg, what: str):
+    """The name(s) an operator result is bound to: a name, None (unused), or a tuple of those."""
+    kind, v = _union(arg, what)
+    if kind == "as_tensor":
+        return v["name"]
+    if kind == "as_none":
+        return None
+    if kind == "as_tensors":
+        return tuple(t["name"] for t in v)
+    raise ProgramError(f"{what}: results of kind {kind} are not read (only tensors)")
+
+
+def _names_in(value) -> Iterator[str]:
+    if isinstance(value, Ref):
+        yield value.name
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _names_in(v)
+
+
+def _flat(names) -> Iterator[str]:
+    if isinstance(names, tuple):
+        for n in names:
+            yield from _flat(n)
+    elif names is not None:
+        yield names
+
+
+def load_program(path: str, device=None) -> Program:
+    """The program in a torch.export.save archive (model.pt2), its tensors on `device` (default: as stored,
+    on the CPU). Reads data only (see above); raises ProgramError for anything it will not read."""
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise ProgramError(f"{path} is not a torch.export archive: {e}") from e
+    with archive:
+        return _read_program(archive, path, device)
+
+
+def _read_program(archive, path: str, device) -> Program:
+    import torch
+
+    roots = {name.split("/", 1)[0] for name in archive.namelist()}
+    if len(roots) != 1:
+        raise ProgramError(f"{path} is not a torch.export archive (entries under {len(roots)} roots)")
+    root = roots.pop()
+
+    def read(rel: str) -> bytes:
+        try:
+            return archive.read(f"{root}/{rel}")
+        except KeyError:
+            raise ProgramError(f"{path} has no {rel}: not a program saved by torch.export.save") from None
+
+    def read_json(rel: str):
+        try:
+            return json.loads(read(rel))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ProgramError(f"{path}: {rel} is not JSON: {e}") from e
+
+    if read("archive_format").strip() != b"pt2":
+        raise ProgramError(f"{path} is not a pt2 archive")
+    if f"{root}/byteorder" in archive.namelist() and read("byteorder").decode(errors="replace") != sys.byteorder:
+        raise ProgramError(f"{path} was written on a machine of the other byte order")
+    model = read_json("models/model.json")
+    try:
+        module = model["graph_module"]
+        graph, signature = module["graph"], module["signature"]
+        nodes, values = graph["nodes"], graph["tensor_values"]
+    except (KeyError, TypeError) as e:
+        raise ProgramError(f"{path}: models/model.json has no graph ({e})") from e
+    if model.get("range_constraints") or any(graph.get(k) for k in ("sym_int_values", "sym_bool_values",
+                                                                     "sym_float_values", "custom_obj_values")):
+        raise ProgramError(f"{path} holds symbolic or object values; only programs exported for fixed shapes are read")
+
+    records: dict[str, object] = {}
+
+    def payload(rel: str, directory: str) -> dict[str, object]:
+        """fqn -> tensor, from a payload config and its raw records (several fqns may share one record)."""
+        config = read_json(rel)
+        entries = config.get("config") if isinstance(config, dict) else None
+        if not isinstance(entries, dict):
+            raise ProgramError(f"{path}: {rel} has no config")
+        tensors = {}
+        for fqn, entry in entries.items():
+            what = f"{path}: {fqn}"
+            if not isinstance(entry, dict) or entry.get("use_pickle") is not False:
+                raise ProgramError(f"{what} is stored as a pickle, which this reader never unpickles")
+            record = entry.get("path_name")
+            if not isinstance(record, str) or not _RECORD.fullmatch(record):
+                raise ProgramError(f"{what} is not a tensor record ({str(record)[:40]}): custom objects are not read")
+            dtype, sizes, strides, offset, _ = _tensor_meta(entry.get("tensor_meta"), what)
+            key = directory + record
+            if key not in records:
+                data = read(key)
+                itemsize = torch.empty((), dtype=dtype).element_size()  # type: ignore[arg-type]
+                if len(data) % itemsize:
+                    raise ProgramError(f"{what}: {len(data)} bytes is not a whole number of {dtype} elements")
+                records[key] = (torch.frombuffer(bytearray(data), dtype=dtype) if data  # type: ignore[arg-type]
+                                else torch.zeros(0, dtype=dtype))  # type: ignore[arg-type]
+            flat = records[key]
+            if flat.dtype != dtype:  # type: ignore[attr-defined]
+                raise ProgramError(f"{what}: record {record} is shared by tensors of different dtypes")
+            try:
+                tensor = flat.as_strided(sizes, strides, offset)  # type: ignore[attr-defined]
+            except RuntimeError as e:  # sizes or strides beyond the record's bytes
+                raise ProgramError(f"{what}: {(str(e).splitlines() or [''])[0][:200]}") from e
+            tensors[fqn] = tensor if device is None else tensor.to(device)
+        return tensors
+
+    state = payload("data/weights/model_weights_config.json", "data/weights/")
+    constants = payload("data/constants/model_constants_config.json", "data/constants/")
+
+    bound: dict[str, object] = {}
+    parameters: list[str] = []
+    inputs: list[TensorSpec] = []
+    input_names: list[str] = []
+    for spec in signature.get("input_specs", ()):
+        kind, v = _union(spec, f"{path}: input spec")
+        try:
+            name = v["arg"]["name"] if kind != "user_input" else _union(v["arg"], "user input")[1]["name"]
+            fqn = {"parameter": "parameter_name", "buffer": "buffer_name", "tensor_constant": "tensor_constant_name"}
+            if kind == "user_input":
+                dtype, sizes, _, _, where = _tensor_meta(values.get(name), f"{path}: input {name}")
+                inputs.append(TensorSpec(dtype, sizes, where))
+                input_names.append(name)
+                continue
+            if kind not in fqn:
+                raise ProgramError(f"{path}: inputs of kind {kind} are not read")
+            target = v[fqn[kind]]
+        except (KeyError, TypeError) as e:
+            raise ProgramError(f"{path}: malformed input spec {kind}: {e}") from e
+        tensor = state.get(target, constants.get(target))
+        if tensor is None:
+            raise ProgramError(f"{path}: {kind} {target} has no stored tensor")
+        bound[name] = tensor
+        if kind == "parameter":
+            parameters.append(name)
+
+    outputs = []
+    for spec in signature.get("output_specs", ()):
+        kind, v = _union(spec, f"{path}: output spec")
+        if kind != "user_output":
+            raise ProgramError(f"{path}: the program has a {kind} output (it changes its own state); it must be pure")
+        outputs.append(_argument(v["arg"], f"{path}: output"))
+
+    defined = set(bound) | set(input_names)
+    steps: list[tuple] = []
+    for i, node in enumerate(nodes):
+        what = f"{path}: node {i}"
+        try:
+            op = _aten_op(node["target"])
+            positional, keywords = [], []
+            kwarg_only = {a.name for a in op._schema.arguments if a.kwarg_only}
+            for named in node["inputs"]:
+                value = _argument(named["arg"], f"{what} ({node['target']}, {named['name']})")
+                kind = named.get("kind")
+                if kind == 2 or (kind in (None, 0) and named["name"] in kwarg_only):
+                    keywords.append((named["name"], value))
+                elif keywords:
+                    raise ProgramError(f"{what}: positional argument {named['name']} after keyword arguments")
+                else:
+                    positional.append(value)
+            results = tuple(_output(o, what) for o in node["outputs"])
+        except (KeyError, TypeError) as e:
+            raise ProgramError(f"{what} is malformed: {type(e).__name__}: {e}") from e
+        for name in _names_in((positional, [v for _, v in keywords])):
+            if name not in defined:
+                raise ProgramError(f"{what} reads {name}, which no earlier step defines")
+        defined.update(_flat(results))
+        steps.append((op, tuple(positional), tuple(keywords), results, len(op._schema.returns) == 1))
+    for name in _names_in(outputs):
+        if name not in defined:
+            raise ProgramError(f"{path}: the output {name} is never defined")
+
+    # The last step that reads each value: it is dropped from the forward's environment right after.
+    last: dict[str, int] = {}
+    for i, (_, args, kwargs, results, _) in enumerate(steps):
+        for name in _flat(results):
+            last[name] = i  # a result nobody reads goes at once
+        for name in _names_in((args, [v for _, v in kwargs])):
+            last[name] = i
+    kept = set(_names_in(outputs))
+    release: dict[int, list[str]] = {}
+    for name, i in last.items():
+        if name not in kept:
+            release.setdefault(i, []).append(name)
+    return Program(
+        inputs=tuple(inputs),
+        input_names=tuple(input_names),
+        bound=bound,
+        parameter_names=tuple(parameters),
+        steps=tuple(Step(op, a, k, r, s, tuple(release.get(i, ()))) for i, (op, a, k, r, s) in enumerate(steps)),
+        outputs=tuple(outputs),
+        ops=tuple(sorted({str(s[0]) for s in steps})),
+    )

@@ -253,7 +253,8 @@ def test_importing_the_kit_imports_no_heavy_library():
     code = (
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('arkit', {str(KIT)!r})\n"
-        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "sys.modules['arkit'] = module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
         "print(sorted(m for m in ('torch', 'numpy', 'pyarrow', 'huggingface_hub') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
@@ -264,83 +265,165 @@ def test_importing_the_kit_imports_no_heavy_library():
 # Evaluation from a checkpoint
 # ---------------------------------------------------------------------------
 
-SAVED_TRAIN_PY = '''
-import torch
-from prepare import WIDTH
-
-class Net(torch.nn.Module):
-    def __init__(self, width):
-        super().__init__()
-        self.lin = torch.nn.Linear(WIDTH, width)
-
-if __name__ == "__main__":
-    raise SystemExit("training ran: the checkpoint code must be imported, not run")
-'''
-
-
-def _checkpoint(tmp_path, code=SAVED_TRAIN_PY):
-    import torch
-
+def _config_only(tmp_path, files=("model.pt2",)):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    (ckpt / "train.py").write_text(code)
     (ckpt / "config.json").write_text(json.dumps({"model": {"width": 3}}))
-    torch.manual_seed(0)
-    weights = {"lin.weight": torch.randn(3, 4), "lin.bias": torch.randn(3)}
-    torch.save(weights, ckpt / "model.pt")
-    return ckpt, weights
-
-
-def test_checkpoint_model_round_trip(kit, tmp_path):
-    import types
-
-    import torch
-
-    ckpt, weights = _checkpoint(tmp_path)
-    fixed = types.ModuleType("fixed_side")
-    fixed.WIDTH = 4
-    config = kit.read_checkpoint(str(ckpt), required=("model",))
-    model, module = kit.load_checkpoint_model(str(ckpt), lambda m: m.Net(**config["model"]), aliases={"prepare": fixed})
-    assert torch.equal(model.lin.weight, weights["lin.weight"]) and torch.equal(model.lin.bias, weights["lin.bias"])
-    assert module.WIDTH == 4 and module.__name__ == "_autoresearch_checkpoint_code"
-    assert "prepare" not in sys.modules and module.__name__ not in sys.modules  # nothing left registered
+    for name in files:
+        (ckpt / name).write_bytes(b"")
+    return ckpt
 
 
 def test_checkpoint_problems_are_one_line(kit, tmp_path):
-    import torch
-
     with pytest.raises(kit.CheckpointError, match="no checkpoint at"):
         kit.read_checkpoint(str(tmp_path / "missing"))
-    ckpt, _ = _checkpoint(tmp_path)
-    (ckpt / "model.pt").unlink()
-    with pytest.raises(kit.CheckpointError, match="not a complete checkpoint: no model.pt"):
+    ckpt = _config_only(tmp_path, files=())
+    with pytest.raises(kit.CheckpointError, match="not a complete checkpoint: no model.pt2"):
         kit.read_checkpoint(str(ckpt))
-    torch.save({"lin.weight": torch.zeros(3, 4)}, ckpt / "model.pt")  # a key short
+    (ckpt / "model.pt2").write_bytes(b"")
+    assert kit.read_checkpoint(str(ckpt), required=("model",)) == {"model": {"width": 3}}
     (ckpt / "config.json").write_text("[]")
     with pytest.raises(kit.CheckpointError, match="not a checkpoint config: no `model` settings"):
         kit.read_checkpoint(str(ckpt), required=("model",))
-    fixed = {"prepare": type(sys)("fixed_side")}
-    fixed["prepare"].WIDTH = 4
-    with pytest.raises(kit.CheckpointError, match=r"cannot rebuild the model with .*train.py: RuntimeError") as e:
-        kit.load_checkpoint_model(str(ckpt), lambda m: m.Net(3), aliases=fixed)  # strict: missing lin.bias
-    assert "\n" not in str(e.value)
-    (ckpt / "train.py").write_text("raise SystemExit('the agent broke this')\n")
-    with pytest.raises(kit.CheckpointError, match="SystemExit: the agent broke this"):
-        kit.load_checkpoint_model(str(ckpt), lambda m: m.Net(3))
 
 
-def test_halve_batch_on_oom(kit, capsys):
+# ---------------------------------------------------------------------------
+# Exported programs, read as data
+# ---------------------------------------------------------------------------
+
+
+def _export(module, *inputs, path: Path) -> Path:
     import torch
 
-    tried = []
+    with torch.no_grad():
+        program = torch.export.export(module, inputs).run_decompositions({})
+    torch.export.save(program, path)
+    return path
 
-    def evaluate(rows):
-        tried.append(rows)
-        if rows > 4:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        return 1.5
 
-    assert kit.halve_batch_on_oom(evaluate, 32, label="heldout") == 1.5 and tried == [32, 16, 8, 4]
-    assert "heldout: out of GPU memory; again with batches of 4 rows" in capsys.readouterr().out
-    with pytest.raises(torch.cuda.OutOfMemoryError):
-        kit.halve_batch_on_oom(lambda rows: evaluate(rows * 100), 2)
+def _net():
+    """A module that exercises what a model's program holds: parameters, a persistent and a non-persistent
+    buffer, a lifted constant, lists of tensors (cat, split: several results), keyword arguments and dtypes."""
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(6, 8)
+            self.register_buffer("scale", torch.arange(8.0))
+            self.register_buffer("shift", torch.ones(8), persistent=False)
+            self.mask = torch.tensor([True, False] * 4)  # a plain attribute: a lifted constant
+
+        def forward(self, x, ids):
+            h = self.lin(x) * self.scale + self.shift
+            a, b = torch.split(h, [3, 5], dim=-1)
+            h = torch.cat([b, a.relu()], dim=-1).masked_fill(self.mask, 0.0)
+            return h.to(torch.float64).softmax(dim=-1), torch.nn.functional.one_hot(ids, 8).sum(dim=1)
+
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+def test_a_program_computes_what_torch_export_load_computes(kit, tmp_path):
+    """Bit for bit, on a module with parameters, buffers, constants, multi-result operators and two outputs;
+    parameters() are its parameters, and every intermediate value is released after its last reader."""
+    import torch
+
+    net = _net()
+    x, ids = torch.randn(4, 6), torch.tensor([[1, 2], [3, 3], [0, 7], [5, 6]])
+    path = _export(net, x, ids, path=tmp_path / "net.pt2")
+    program = kit.load_program(str(path))
+    ours = program(x, ids)
+    theirs = torch.export.load(str(path)).module()(x, ids)
+    assert len(ours) == 2 and all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    assert ours[0].dtype == torch.float64 and torch.equal(ours[1], net(x, ids)[1])
+    assert [spec.shape for spec in program.inputs] == [(4, 6), (4, 2)] and program.device == "cpu"
+    assert program.num_params() == 6 * 8 + 8 and "aten.cat.default" in program.ops
+    produced = {n for s in program.steps for n in kit._flat(s.outputs)}
+    released = [n for s in program.steps for n in s.release]
+    kept = {r.name for r in program.outputs}
+    assert sorted(released) == sorted(set(released)) and set(released) | kept >= produced
+    with pytest.raises(kit.ProgramError, match=r"exported for torch.float32 \(4, 6\)"):
+        program(torch.randn(5, 6), ids)  # the shapes are the export's
+    moved = program.to("cpu")
+    assert all(torch.equal(a, b) for a, b in zip(moved(x, ids), ours, strict=True))
+
+
+def _rewrite(src: Path, dst: Path, edit) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(src) as z:
+        root = z.namelist()[0].split("/")[0]
+        files = {name.split("/", 1)[1]: z.read(name) for name in z.namelist()}
+    edit(files)
+    with zipfile.ZipFile(dst, "w") as z:
+        for name, data in files.items():
+            z.writestr(f"{root}/{name}", data)
+    return dst
+
+
+def _json_edit(name, change):
+    def edit(files):
+        data = json.loads(files[name])
+        change(data)
+        files[name] = json.dumps(data).encode()
+    return edit
+
+
+def test_what_the_reader_refuses(kit, tmp_path):
+    """Each thing that would need unpickling, evaluating or foreign code to read is refused with one line."""
+    import torch
+
+    x, ids = torch.randn(4, 6), torch.zeros(4, 2, dtype=torch.long)
+    path = _export(_net(), x, ids, path=tmp_path / "net.pt2")
+    weights, model = "data/weights/model_weights_config.json", "models/model.json"
+
+    def first_weight(change):
+        return _json_edit(weights, lambda d: change(next(iter(d["config"].values()))))
+
+    def first_node(change):
+        return _json_edit(model, lambda d: change(d["graph_module"]["graph"]["nodes"][0]))
+
+    cases = {
+        "pickled": (first_weight(lambda e: e.update(use_pickle=True)), "never unpickles"),
+        "custom object": (first_weight(lambda e: e.update(path_name="custom_obj_0")), "custom objects are not read"),
+        "symbolic size": (first_weight(lambda e: e["tensor_meta"]["sizes"].__setitem__(
+            0, {"as_expr": {"expr_str": "s0", "hint": {"as_int": 8}}})), "symbolic"),
+        "too few bytes": (first_weight(lambda e: e["tensor_meta"]["sizes"].__setitem__(0, {"as_int": 10**6})),
+                          "out of bounds|bounds"),
+        "python operator": (first_node(lambda n: n.update(target="builtins.eval")), "not a registered ATen operator"),
+        "other namespace": (first_node(lambda n: n.update(target="torch.ops.prims.add.default")),
+                            "not a registered ATen operator"),
+        "in place": (first_node(lambda n: n.update(target="torch.ops.aten.add_.Tensor")), "writes to its arguments"),
+        "graph argument": (first_node(lambda n: n["inputs"][0].update(arg={"as_graph": {"name": "g", "graph": {}}})),
+                           "not read"),
+        "undefined value": (first_node(lambda n: n["inputs"][0].update(arg={"as_tensor": {"name": "nowhere"}})),
+                            "which no earlier step defines"),
+        "state mutation": (_json_edit(model, lambda d: d["graph_module"]["signature"]["output_specs"].append(
+            {"buffer_mutation": {"arg": {"name": "x"}, "buffer_name": "scale"}})), "it must be pure"),
+        "range constraints": (_json_edit(model, lambda d: d.update(range_constraints={"s0": {"min_val": 2}})),
+                              "symbolic"),
+    }
+    for name, (edit, message) in cases.items():
+        crafted = _rewrite(path, tmp_path / f"{name}.pt2", edit)
+        with pytest.raises(kit.ProgramError, match=message) as e:
+            kit.load_program(str(crafted))
+        assert "\n" not in str(e.value), name
+    (tmp_path / "junk.pt2").write_bytes(b"not a zip")
+    with pytest.raises(kit.ProgramError, match="not a torch.export archive"):
+        kit.load_program(str(tmp_path / "junk.pt2"))
+
+
+def test_a_program_exported_with_dynamic_shapes_is_refused(kit, tmp_path):
+    """Symbolic sizes would have to go through sympy's parser, which evaluates: only fixed shapes are read."""
+    import torch
+
+    class Double(torch.nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(Double(), (torch.randn(4, 3),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, tmp_path / "dynamic.pt2")
+    with pytest.raises(kit.ProgramError, match="symbolic"):
+        kit.load_program(str(tmp_path / "dynamic.pt2"))

@@ -1,7 +1,8 @@
 """CPU smoke test of the pretrain target as a user runs it: prepare.py and train.py side by side in a
-workspace directory, as subprocesses, on a small offline corpus and a few seconds of training.
+workspace directory, as subprocesses, on a small offline corpus and a few seconds of training, then the
+fixed evaluation (`prepare.py --evaluate`) of the checkpoint the run wrote.
 
-Run: .venv/bin/python -m pytest tests/test_pretrain_smoke.py -q   (CPU only, no network, ~15-25 s)
+Run: .venv/bin/python -m pytest tests/test_pretrain_smoke.py -q   (CPU only, no network, ~20-30 s)
 """
 
 import json
@@ -12,7 +13,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import kit_module, pretrain_prepare, pretrain_workspace
+import torch
+from conftest import kit_module, pretrain_train, pretrain_workspace
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "pretrain")
 METRIC_LINE = re.compile(r"^METRIC ([A-Za-z_][A-Za-z0-9_]*)=(\S+)$")
@@ -71,8 +73,17 @@ def test_prepare_is_idempotent(prepared):
     assert second.returncode == 0 and "already prepared" in second.stdout
 
 
-def test_train_prints_val_bpb_and_saves_a_checkpoint(workspace, prepared):
+def summary_block(out: str) -> dict[str, str]:
+    block = out[out.rindex("\n---\n") + 5 :].splitlines()
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in block if ":" in line and not line.startswith("METRIC"))}
+
+
+def test_train_saves_a_checkpoint_and_the_evaluation_scores_it(workspace, prepared):
+    """train.py trains and writes its checkpoint, printing training figures and no val_bpb, and reports
+    nothing through the channel; `prepare.py --evaluate` then scores the checkpoint and reports val_bpb,
+    once, through the channel."""
     ws, env, root = workspace
+    channel = root / "result.jsonl"
 
     result = run(ws, env, "train.py")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -80,34 +91,44 @@ def test_train_prints_val_bpb_and_saves_a_checkpoint(workspace, prepared):
     assert re.search(r"^attention: sdpa", out, re.M) and re.search(r"^preset: cpu", out, re.M)
     assert re.search(r"^step 00000 ", out, re.M)  # progress lines, newline-terminated when not a TTY
     assert re.search(r"^warmup: 1 step in [0-9.]+s, untimed and undone$", out, re.M)  # UNTIMED_STEPS["cpu"]
-
-    block = out[out.rindex("\n---\n") + 5 :].splitlines()
-    summary = dict(line.split(":", 1) for line in block if ":" in line and not line.startswith("METRIC"))
-    for key in ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
-                "total_tokens_M", "num_steps", "num_params_M", "depth"):
+    assert re.search(r"^checkpoint: .* \(model\.pt2 for 8 x 256 tokens; exported and saved in [0-9.]+s\)$", out, re.M)
+    summary = summary_block(out)
+    for key in ("training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent", "total_tokens_M", "num_steps",
+                "num_params_M", "depth", "export_seconds"):
         assert key in summary, key
     metrics = {m.group(1): float(m.group(2)) for m in map(METRIC_LINE.match, out.splitlines()) if m}
+    assert "val_bpb" not in summary and "val_bpb" not in metrics and "val_bpb" not in out
     assert all(math.isfinite(v) for v in metrics.values())
-    val_bpb = metrics["val_bpb"]
-    assert float(summary["val_bpb"]) == pytest.approx(val_bpb, abs=1e-5)
-    # Better than a uniform guess over 512 tokens (about 9 bits per ~2.7-byte token), but not absurd.
-    assert 0.5 < val_bpb < 9 / 2
-    assert metrics["training_seconds"] >= 4 and metrics["num_steps"] >= 2
-
-    # The fixed evaluation reported the same number once through the harness's result channel.
-    reports = [json.loads(line) for line in (root / "result.jsonl").read_text().splitlines()]
-    assert reports == [{"name": "val_bpb", "value": pytest.approx(val_bpb, abs=1e-8)}]
+    assert metrics["training_seconds"] >= 4 and metrics["num_steps"] >= 2 and metrics["export_seconds"] < 30
+    assert not channel.exists()  # the run holds no channel to the metric, even with the variable set
 
     ckpt = root / "checkpoint"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["config.json", "model.pt", "model.pt2", "train.py"]
     config = json.loads((ckpt / "config.json").read_text())
-    assert config["val_bpb"] == pytest.approx(val_bpb, abs=1e-8) and os.path.isdir(config["tokenizer_dir"])
-    # A post-training target can rebuild the model from the checkpoint alone, with the kit.
-    model, module = kit_module().load_checkpoint_model(
-        str(ckpt), lambda m: m.GPT(m.GPTConfig(**config["model"]), m.SDPAAttention()),
-        aliases={"prepare": pretrain_prepare()},
-    )
-    assert model.config.n_layer == int(summary["depth"]) and config["device_batch"] == 2
-    assert module.__name__ not in sys.modules and "prepare" not in sys.modules  # nothing left registered
+    assert config["fingerprint"] and config["eval_batch"] == 8 and config["device_batch"] == 2
+    assert "val_bpb" not in config and "tokenizer_dir" not in config  # no result, and no path the evaluation reads
+
+    evaluation = run(ws, env, "prepare.py", "--evaluate")  # $AUTORESEARCH_CHECKPOINT, as the harness runs it
+    assert evaluation.returncode == 0, evaluation.stdout[-2000:] + evaluation.stderr[-2000:]
+    assert "step 0" not in evaluation.stdout  # no training ran
+    val_bpb = float(dict(METRIC_LINE.match(line).groups() for line in evaluation.stdout.splitlines()
+                         if METRIC_LINE.match(line))["val_bpb"])
+    assert float(summary_block(evaluation.stdout)["val_bpb"]) == pytest.approx(val_bpb, abs=1e-6)
+    assert 0.5 < val_bpb < 9  # a few seconds on a loaded machine may not beat uniform over 512 tokens (~4.5)
+    reports = [json.loads(line) for line in channel.read_text().splitlines()]
+    assert reports == [{"name": "val_bpb", "value": pytest.approx(val_bpb, rel=1e-9)}]
+
+    # model.pt, for resuming or fine-tuning: plain tensors (weights_only), train.py's GPT takes them, and the
+    # model they make computes what the exported program computes
+    train = pretrain_train()
+    state = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
+    assert all(type(t) is torch.Tensor for t in state.values())
+    model = train.GPT(train.GPTConfig(**config["model"]), train.SDPAAttention())
+    model.load_state_dict(state)
+    assert model.config.n_layer == int(summary["depth"])
+    x = torch.randint(0, config["model"]["vocab_size"], (8, config["sequence_len"]))
+    with torch.no_grad():
+        assert torch.equal(kit_module().load_program(str(ckpt / "model.pt2"))(x), model.eval()(x))
 
 
 def test_train_fails_fast_on_nan(workspace, prepared):
@@ -129,7 +150,7 @@ def test_shipped_train_py_passes_the_harness_audit():
 
     fixed = [Path(ASSETS) / "prepare.py", Path(ASSETS).parent / "arkit.py"]  # the kit is fixed in a workspace too
     names = integrity.fixed_names(fixed)
-    assert {"evaluate_bpb", "MAX_SEQ_LEN", "EVAL_TOKENS", "report", "load_checkpoint_model"} <= names
+    assert {"evaluate_bpb", "MAX_SEQ_LEN", "EVAL_TOKENS", "report", "load_program", "evaluate"} <= names
     lines = Path(ASSETS, "train.py").read_text(encoding="utf-8").splitlines()
     patch = "--- a/train.py\n+++ b/train.py\n" + "\n".join("+" + line for line in lines)
     assert integrity.audit_patch(patch, ["prepare.py", "arkit.py"], names) == []

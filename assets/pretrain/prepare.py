@@ -2,13 +2,14 @@
 Fixed data preparation and evaluation for the autoresearch pretrain target.
 
 The agent edits train.py; this file is fixed (the harness hashes it). It holds the constants train.py
-imports, the two data sources behind one loader, the tokenizer, the BOS-aligned packing dataloader,
-evaluate_bpb (the metric, on the `val` split) and the held-out confirmation (the same metric on the
-`heldout` split, evaluated from a kept run's checkpoint and never used to decide anything).
+imports, the two data sources behind one loader, the tokenizer, the BOS-aligned packing dataloader, and the
+evaluation: `--evaluate`, a process of its own that reads the run's checkpoint (the exported model.pt2, as
+data; train.py is never imported) and reports val_bpb, the metric, after a causality probe; and
+`--evaluate-heldout`, the same metric on the `heldout` split for kept runs, never used to decide anything.
 
 Splits, built once here (the manifest lists them; the fingerprint covers them):
     train     what train.py trains on
-    val       what evaluate_bpb scores: keep/discard decisions select on it
+    val       what --evaluate scores (val_bpb): keep/discard decisions select on it
     heldout   scored only by `--evaluate-heldout`, for kept runs, never to decide: if val_bpb improves
               and heldout_bpb does not, the session is overfitting its selection to val
   local corpus   by file: val = the files whose path hashes into the first VAL_PERCENT of the range (as
@@ -25,7 +26,8 @@ Usage (run once, before the baseline):
     python prepare.py --dataset climbmix                  # karpathy/climbmix-400b-shuffle (HF Hub)
     python prepare.py --dataset roneneldan/TinyStories    # any hub dataset repo with a `text` column
     python prepare.py --dataset /data/my_parquet_dir      # a local directory of parquet files
-    python prepare.py --evaluate-heldout [CHECKPOINT_DIR] # heldout_bpb of a checkpoint (the harness runs it)
+    python prepare.py --evaluate [CHECKPOINT_DIR]         # val_bpb of a run's checkpoint (the harness runs it)
+    python prepare.py --evaluate-heldout [CHECKPOINT_DIR] # heldout_bpb of a checkpoint (for kept runs)
 
 Environment (all optional):
     AUTORESEARCH_CACHE_DIR     cache root (default ~/.cache/autoresearch); prepared data lives in <root>/pretrain/
@@ -33,13 +35,13 @@ Environment (all optional):
     AUTORESEARCH_TIME_BUDGET   training seconds (default 300)
     AUTORESEARCH_SEED          random seed for train.py (default 42)
     AUTORESEARCH_CHECKPOINT    directory train.py saves the final model to (default <root>/pretrain/checkpoint);
-                               also what --evaluate-heldout reads when given no directory
-    AUTORESEARCH_RESULT_FILE   evaluate_bpb appends {"name": "val_bpb", "value": ...} to it (the harness's channel),
-                               --evaluate-heldout {"name": "heldout_bpb", "value": ...}; the kit reads it once, at
-                               import, and removes it from the environment (arkit.py says why, and what that is not)
+                               also what --evaluate and --evaluate-heldout read when given no directory
+    AUTORESEARCH_RESULT_FILE   --evaluate appends {"name": "val_bpb", "value": ...} to it (the harness's channel,
+                               given to the evaluation process only), --evaluate-heldout {"name": "heldout_bpb",
+                               "value": ...}; the kit reads it once, at import, and removes it from the environment
 
 What every target's fixed side shares (the result channel, progress output, atomic writes, the Hub, hash
-splits and manifests, loading a checkpoint) is the fixed kit, arkit.py, beside this file; what is here is
+splits and manifests, reading a checkpoint's exported program as data) is the fixed kit, arkit.py, beside this file; what is here is
 specific to pretraining: the corpus sources, the tokenizer, the dataloader and bits per byte.
 
 Importing this module is cheap: nothing is downloaded or trained at import.
@@ -47,11 +49,11 @@ Importing this module is cheap: nothing is downloaded or trained at import.
 
 import argparse
 import base64
-import contextlib
 import hashlib
 import json
 import math
 import os
+import random
 import re
 import shutil
 import sys
@@ -825,7 +827,7 @@ def _main(argv=None) -> int:
             "one directory per dataset, each with a manifest.json recording its fingerprint; val_bpb is only "
             "comparable between runs on the same fingerprint. train.py uses the dataset prepared last, or "
             "$AUTORESEARCH_DATASET. Running this again for a prepared dataset does nothing. Each dataset has "
-            "three disjoint splits: train, val (evaluate_bpb: what keep decisions select on) and heldout "
+            "three disjoint splits: train, val (--evaluate: what keep decisions select on) and heldout "
             "(only --evaluate-heldout reads it)."
         ),
     )
@@ -854,18 +856,31 @@ def _main(argv=None) -> int:
         "before the heldout split existed)",
     )
     parser.add_argument(
+        "--evaluate",
+        nargs="?",
+        const="",
+        metavar="CHECKPOINT_DIR",
+        help="instead of preparing: val_bpb of the checkpoint train.py saved in CHECKPOINT_DIR (default "
+        "$AUTORESEARCH_CHECKPOINT), from its model.pt2 read as data; the fixed evaluation the harness runs after "
+        "each run, reported through $AUTORESEARCH_RESULT_FILE",
+    )
+    parser.add_argument(
         "--evaluate-heldout",
         nargs="?",
         const="",
         metavar="CHECKPOINT_DIR",
-        help="instead of preparing: print heldout_bpb of the checkpoint train.py saved in CHECKPOINT_DIR (default "
-        "$AUTORESEARCH_CHECKPOINT), rebuilt by the train.py copy inside it; the harness runs this for kept runs",
+        help="the same on the heldout split: heldout_bpb, which the harness gets for kept runs",
     )
     args = parser.parse_args(argv)
-    if args.evaluate_heldout is not None:
+    for split, where in (("val", args.evaluate), ("heldout", args.evaluate_heldout)):
+        if where is None:
+            continue
+        # When the evaluation began (after the imports): the harness may take training time as this stamp
+        # minus the run's start; whatever follows it never counts against the run's budget.
+        arkit.echo(f"eval_started: {time.time():.3f}")
         try:
-            evaluate_heldout(args.evaluate_heldout or None)
-        except _HeldoutError as e:
+            evaluate(where or None, split)
+        except EvaluationError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             return 1
         return 0
@@ -886,7 +901,7 @@ def _main(argv=None) -> int:
 
 @torch.no_grad()
 def _bpb_on_split(model, tokenizer: Tokenizer, batch_size: int, *, split: str) -> float:
-    """Bits per byte of `split` (val or heldout): what evaluate_bpb and --evaluate-heldout both compute."""
+    """Bits per byte of `split` (val or heldout): what --evaluate and --evaluate-heldout both compute."""
     device = next(model.parameters()).device
     token_bytes = get_token_bytes(tokenizer, device)
     rows = tokenizer.prepared.eval_tokens // MAX_SEQ_LEN
@@ -916,105 +931,155 @@ def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
     """Bits per byte of the validation split: the vocabulary-independent metric.
 
     `model(inputs)` must return logits (B, T, vocab); the loss is computed here, in float32, so the
-    metric does not depend on how train.py computes its own. Per-token cross-entropy (nats) is summed
+    metric does not depend on how the model computes its own. Per-token cross-entropy (nats) is summed
     over targets that are not special tokens, divided by the UTF-8 bytes those targets stand for, and
     converted to bits. Exactly eval_tokens // MAX_SEQ_LEN rows of length MAX_SEQ_LEN are scored, the
-    same rows whatever the batch size. Call it under the same autocast context as training.
-    The value is also appended to $AUTORESEARCH_RESULT_FILE as val_bpb.
+    same rows whatever the batch size. It reports nothing: the session's val_bpb is what `--evaluate`
+    computes with the same code, in a process of its own, from the run's checkpoint.
     """
-    bpb = _bpb_on_split(model, tokenizer, batch_size, split="val")
-    arkit.report("val_bpb", bpb)  # the harness's channel: with metric_source = "result_file", its only source
-    return bpb
+    return _bpb_on_split(model, tokenizer, batch_size, split="val")
 
 
-# Held-out confirmation: the harness runs `python prepare.py --evaluate-heldout` after a kept run, with
-# AUTORESEARCH_CHECKPOINT set to that run's checkpoint. The model is rebuilt by the copy of train.py saved
-# in the checkpoint (so later edits to the workspace's train.py can neither break nor steer it):
-# GPT(GPTConfig(**config["model"]), attention), attention from its pick_attention(device, False).
-
-_CHECKPOINT_MODULE = "_autoresearch_checkpoint_train"
+# ---------------------------------------------------------------------------
+# The evaluation process: `python prepare.py --evaluate` (and --evaluate-heldout)
+# ---------------------------------------------------------------------------
+# The harness runs it after each run, as a process of its own, with AUTORESEARCH_CHECKPOINT set to the run's
+# checkpoint and AUTORESEARCH_RESULT_FILE (the channel) given to it alone. It reads the checkpoint as data:
+# model.pt2 through the kit's program reader (ATen operators and raw tensors; nothing unpickled, evaluated
+# or imported, train.py least of all), and config.json only for the data fingerprint, which must be the
+# session's. The data itself comes from the prepared cache, never from a path the checkpoint names.
 
 # Why a checkpoint cannot be evaluated: printed as one line, exit status 1 (the kit raises it too).
-_HeldoutError = arkit.CheckpointError
+EvaluationError = arkit.CheckpointError
+
+METRICS = {"val": "val_bpb", "heldout": "heldout_bpb"}
+# The causality probe: this many rows, each cut at a random position; a model whose logits before the cut
+# move when only tokens from the cut on change reads the future, and its bpb would measure copying.
+PROBE_ROWS = 128 if ON_CUDA else 64
+PROBE_TOLERANCE = 1e-3  # on float32 logits; an honest model's do not move at all (same arithmetic, same prefix)
 
 
-def _checkpoint_data(config: dict) -> Prepared:
-    """The prepared dataset the checkpoint was trained on, which must still be the one prepared."""
-    tokenizer_dir = config.get("tokenizer_dir")
-    directory = os.path.dirname(os.path.normpath(tokenizer_dir)) if isinstance(tokenizer_dir, str) else None
-    manifest = arkit.read_manifest(directory) if directory else None
-    if manifest is not None:
-        prepared = _prepared_from_manifest(directory, manifest)
-    else:  # the cache moved: the dataset the checkpoint names, found as train.py finds it
-        dataset = config.get("dataset")
-        prepared = load_prepared(dataset if isinstance(dataset, str) else None)  # exits with a message if none
+def _checkpoint_data(config: dict, split: str) -> Prepared:
+    """The session's prepared dataset (AUTORESEARCH_DATASET, else the one prepared last), which must be the
+    one the checkpoint was trained on: the fingerprints must agree. Paths in config.json are never read, so
+    a run cannot point its evaluation at data of its own making."""
+    prepared = load_prepared()  # exits with a one-line message if nothing is prepared
     fingerprint = config.get("fingerprint")
-    if fingerprint is not None and fingerprint != prepared.fingerprint:
-        raise _HeldoutError(
-            f"the checkpoint was trained on data with fingerprint {fingerprint}, but {prepared.dir} now holds "
-            f"{prepared.fingerprint} (prepared again since): evaluate a checkpoint trained on the current data"
+    if fingerprint != prepared.fingerprint:
+        raise EvaluationError(
+            f"the checkpoint was trained on data with fingerprint {fingerprint}, but the session's data "
+            f"({prepared.dataset} at {prepared.dir}) has fingerprint {prepared.fingerprint} (another dataset, or "
+            "prepared again since): evaluate a checkpoint trained on the current data"
         )
-    if not prepared.has_heldout:
-        raise _HeldoutError(NO_HELDOUT.format(where=prepared.dir, dataset=prepared.dataset))
+    if split == "heldout" and not prepared.has_heldout:
+        raise EvaluationError(NO_HELDOUT.format(where=prepared.dir, dataset=prepared.dataset))
     return prepared
 
 
-def _checkpoint_model(checkpoint: str, config: dict, device: torch.device) -> tuple[torch.nn.Module, int]:
-    """(model with the checkpoint's weights, in eval mode on device, eval batch size), built by the
-    checkpoint's own train.py: GPT(GPTConfig(**config["model"]), attention), attention from its
-    pick_attention(device, False). Its `from prepare import` gets this module."""
-
-    def build(module):
-        model_config = module.GPTConfig(**config["model"])
-        pick = getattr(module, "pick_attention", None)
-        attention = pick(device, False)[0] if callable(pick) else None
-        return module.GPT(model_config, attention) if attention is not None else module.GPT(model_config)
-
-    model, module = arkit.load_checkpoint_model(
-        checkpoint, build, module_name=_CHECKPOINT_MODULE, aliases={"prepare": sys.modules[__name__]}
-    )
-    try:  # the batch size changes only speed and memory, never the metric
-        batch_size = int(
-            getattr(module, "EVAL_BATCH_SIZE", 0)
-            or config.get("device_batch")
-            or module.PRESETS[config["preset"]]["device_batch"]  # checkpoints saved before device_batch was
+def load_checkpoint(checkpoint: str, split: str = "val") -> tuple[dict, Prepared, arkit.Program]:
+    """(config, the session's data, the program on this machine's device) of a run's checkpoint, after
+    checking that the program takes one (rows, MAX_SEQ_LEN) int64 batch and was exported for this device.
+    Raises EvaluationError."""
+    config = arkit.read_checkpoint(checkpoint, ("config.json", "model.pt2"), required=("model",))
+    prepared = _checkpoint_data(config, split)
+    device = "cuda" if ON_CUDA else "cpu"
+    program = arkit.load_program(os.path.join(checkpoint, "model.pt2"))
+    shapes = [(str(spec.dtype), spec.shape) for spec in program.inputs]
+    if len(shapes) != 1 or shapes[0][0] != "torch.int64" or len(shapes[0][1]) != 2 or shapes[0][1][1] != MAX_SEQ_LEN:
+        raise EvaluationError(
+            f"{checkpoint}/model.pt2 takes {shapes}; the evaluation feeds one int64 batch of (rows, {MAX_SEQ_LEN}) tokens"
         )
-    except Exception:  # noqa: BLE001 - an edited train.py may lack any of these; any positive size is correct
-        batch_size = 8
-    return model.to(device).eval(), max(1, batch_size)
+    if program.device != device:
+        raise EvaluationError(f"{checkpoint}/model.pt2 was exported for {program.device}; this evaluation runs on {device}")
+    return config, prepared, program.to(device)
+
+
+@dataclass(frozen=True)
+class Probe:
+    rows: int
+    max_change: float  # the largest move of a logit before its row's cut
+    seconds: float
+
+
+@torch.no_grad()
+def causality_probe(
+    model, tokenizer: Tokenizer, batch_size: int, split: str, rows: int = PROBE_ROWS, rng: random.Random | None = None
+) -> Probe:
+    """Run the model on the first batch of `split` as it is, then again and again with every token from a
+    random cut on replaced by another (a cut per row, `rows` cuts in all): the logits before each row's cut
+    must not move (beyond PROBE_TOLERANCE). The cuts come from the OS's randomness (unless rng is given), so
+    no model can know where they fall: one that peeks ahead at a share f of its positions passes with chance
+    about (1 - f) ** rows. Costs 1 + ceil(rows / batch_size) forwards. Raises EvaluationError on a violation."""
+    t0 = time.time()
+    rng = rng or random.SystemRandom()
+    device = next(model.parameters()).device
+    x, _, _ = next(make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, split, device=device))
+    logits = model(x).float()
+    vocab = logits.size(-1)
+    positions = torch.arange(MAX_SEQ_LEN, device=device)[None, :]
+    probed, worst = 0, 0.0
+    while probed < rows:
+        cuts = [rng.randrange(1, MAX_SEQ_LEN) for _ in range(min(batch_size, rows - probed))]
+        cuts += [MAX_SEQ_LEN] * (batch_size - len(cuts))  # rows beyond the count: unchanged, and not compared
+        later = positions >= torch.tensor(cuts, device=device)[:, None]
+        draw = torch.Generator().manual_seed(rng.getrandbits(63))
+        shift = torch.randint(1, vocab, tuple(x.shape), generator=draw).to(device)
+        changed = torch.where(later, (x + shift) % vocab, x)  # every token from the cut on: another token
+        moved = (model(changed).float() - logits).abs().masked_fill(later[..., None], 0.0).amax(dim=(1, 2))
+        for cut, change in zip(cuts, moved.tolist(), strict=True):
+            worst = max(worst, change)
+            if not change <= PROBE_TOLERANCE:  # NaN fails too
+                raise EvaluationError(
+                    f"causality probe failed: logits before position {cut} of a row moved by {change:.3g} when only "
+                    f"the tokens from position {cut} on changed; the model reads tokens it is asked to predict, so "
+                    "its bits per byte would not measure prediction"
+                )
+        probed += sum(cut < MAX_SEQ_LEN for cut in cuts)
+        del changed, moved
+    return Probe(probed, worst, time.time() - t0)
+
+
+def evaluate(checkpoint_dir: str | None = None, split: str = "val") -> float:
+    """val_bpb (split "val") or heldout_bpb ("heldout") of the checkpoint in checkpoint_dir (default
+    $AUTORESEARCH_CHECKPOINT): load the program (load_checkpoint), pass the causality probe, then bits per
+    byte by _bpb_on_split, in batches of the program's rows (the last one padded, only its real rows scored:
+    the value does not depend on the batch). Prints the `---` summary and `METRIC name=value`, and appends
+    it to $AUTORESEARCH_RESULT_FILE. Raises EvaluationError."""
+    name = METRICS[split]
+    t0 = time.time()
+    checkpoint = os.path.abspath(checkpoint_dir or CHECKPOINT_DIR)
+    if ON_CUDA:  # as train.py trains: TF32 for what stays in float32 (the bf16 casts are in the program)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    _, prepared, program = load_checkpoint(checkpoint, split)
+    tokenizer = Tokenizer.from_prepared(prepared)
+    batch_size = program.inputs[0].shape[0]
+    arkit.echo(
+        f"checkpoint: {checkpoint} ({program.num_params() / 1e6:.2f}M parameters, {len(program.steps)} operator "
+        f"calls, batches of {batch_size} x {MAX_SEQ_LEN} tokens; read in {time.time() - t0:.1f}s)"
+    )
+    arkit.echo(f"data: {prepared.dataset} (fingerprint {prepared.fingerprint}), split {split}")
+    probe = causality_probe(program, tokenizer, batch_size, split)
+    arkit.echo(
+        f"causality: {probe.rows} rows cut at random positions; logits before the cuts moved by at most "
+        f"{probe.max_change:.2g} ({probe.seconds:.1f}s)"
+    )
+    t_eval = time.time()
+    bpb = _bpb_on_split(program, tokenizer, batch_size, split=split)
+    if not math.isfinite(bpb):
+        raise EvaluationError(f"{name} of {checkpoint} is {bpb}")
+    arkit.echo(f"eval: {prepared.eval_tokens:,} tokens in {time.time() - t_eval:.1f}s, {time.time() - t0:.1f}s in all")
+    arkit.echo("---")
+    arkit.echo(f"{name + ':':<18}{bpb:.6f}")
+    arkit.echo(f"METRIC {name}={bpb:.10g}")
+    arkit.report(name, bpb)  # the harness's channel: with metric_source = "result_file", its only source
+    return bpb
 
 
 def evaluate_heldout(checkpoint_dir: str | None = None) -> float:
-    """heldout_bpb of the model in checkpoint_dir (default $AUTORESEARCH_CHECKPOINT): bits per byte on the
-    heldout split, computed exactly as evaluate_bpb computes val_bpb (same code, rows and eval_tokens).
-    Prints `METRIC heldout_bpb=...` and appends it to $AUTORESEARCH_RESULT_FILE. Raises _HeldoutError."""
-    t0 = time.time()
-    checkpoint = os.path.abspath(checkpoint_dir or CHECKPOINT_DIR)
-    config = arkit.read_checkpoint(checkpoint, ("config.json", "model.pt", "train.py"), required=("model",))
-    prepared = _checkpoint_data(config)
-    device = torch.device("cuda" if ON_CUDA else "cpu")
-    model, batch_size = _checkpoint_model(checkpoint, config, device)
-    tokenizer = Tokenizer.from_prepared(prepared)
-    use_bf16 = ON_CUDA and torch.cuda.is_bf16_supported()  # as train.py trains and evaluates on CUDA
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-    t_eval = time.time()
-
-    def heldout_bpb(rows: int) -> float:
-        with autocast:
-            return _bpb_on_split(model, tokenizer, rows, split="heldout")
-
-    bpb = arkit.halve_batch_on_oom(heldout_bpb, batch_size, label="heldout")
-    if not math.isfinite(bpb):
-        raise _HeldoutError(f"heldout_bpb of {checkpoint} is {bpb}")
-    val_bpb = config.get("val_bpb")
-    arkit.echo(
-        f"heldout: {prepared.eval_tokens:,} tokens of {prepared.dataset} (fingerprint {prepared.fingerprint}) in "
-        f"{time.time() - t_eval:.1f}s, {time.time() - t0:.1f}s in all; checkpoint {checkpoint}"
-        + (f", val_bpb {val_bpb:.6f}" if isinstance(val_bpb, int | float) else "")
-    )
-    arkit.echo(f"METRIC heldout_bpb={bpb:.10g}")
-    arkit.report("heldout_bpb", bpb)
-    return bpb
+    """heldout_bpb of a checkpoint: evaluate() on the heldout split (the same program, code, rows and
+    eval_tokens as val_bpb); the harness runs it for kept runs. Raises EvaluationError."""
+    return evaluate(checkpoint_dir, split="heldout")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """
-autoresearch pretrain target: train a small GPT for a fixed time budget, then report val_bpb (lower is better).
+autoresearch pretrain target: train a small GPT for a fixed time budget and save it; the fixed evaluation then
+scores it (val_bpb, lower is better) in a process of its own.
 
 This is the file the research agent edits. It reads top to bottom: hyperparameters, model, optimizer, then
-the run (setup, training loop, evaluation, summary, checkpoint). prepare.py is fixed: it owns the data, the
-tokenizer, the time budget and evaluate_bpb.
+the run (setup, training loop, export, checkpoint, summary). prepare.py is fixed: it owns the data, the
+tokenizer, the time budget and the evaluation, which reads the model this run exports (model.pt2: ATen
+operators and weights, as data) and never imports this file.
 
     python prepare.py --dataset local    # once (offline); or --dataset climbmix
-    python train.py
+    python train.py                      # trains, then writes the checkpoint
+    python prepare.py --evaluate         # val_bpb of the checkpoint (the harness runs it, sandboxed)
 
 The same file runs on CUDA (bf16 autocast, torch.compile, FA3 if installed locally, else FlexAttention),
 on CPU (fp32, eager, SDPA) and on Apple MPS. Environment, all optional and set by the harness:
@@ -23,21 +26,13 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from prepare import (
-    CHECKPOINT_DIR,
-    MAX_SEQ_LEN,
-    SEED,
-    TIME_BUDGET,
-    Tokenizer,
-    evaluate_bpb,
-    load_prepared,
-    make_dataloader,
-)
+from prepare import CHECKPOINT_DIR, MAX_SEQ_LEN, SEED, TIME_BUDGET, Tokenizer, load_prepared, make_dataloader
 
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these directly; there are no command-line flags)
@@ -101,7 +96,7 @@ PRESETS = {
 
 # Run plumbing: how the run executes and reports, never what it learns. Outside the tunable block: a change
 # here cannot move val_bpb, so an experiment on it would measure nothing.
-EVAL_BATCH_SIZE = 0        # rows per evaluation batch; 0 = DEVICE_BATCH_SIZE (the metric does not depend on it)
+EVAL_BATCH_SIZE = 0        # rows per batch of the exported model, which the evaluation runs; 0 = device_batch, at least 8 (the metric does not depend on it; on the cpu preset's 2-row micro-batches, 8-row batches evaluate 2x faster)
 COMPILE = "auto"           # torch.compile: "auto" = CUDA only (on 2 CPU cores: 1.6x faster steps, but ~30 s to build and a C++ compiler)
 ATTENTION = "auto"         # "auto" = fa3 > flex > sdpa by what this machine has; or force one of them
 UNTIMED_STEPS = {"cuda": 10, "mps": 2, "cpu": 1}  # warm-up steps before the clock starts (compile, allocator); undone, see warm_up
@@ -666,22 +661,69 @@ def sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def save_checkpoint(directory: str, model: GPT, meta: dict) -> None:
-    """Write model.pt (state dict), config.json (model config, tokenizer, data, result) and a copy of this
-    train.py (the exact model code) to directory, replacing what was there only once all are written."""
-    tmp = directory.rstrip(os.sep) + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, os.path.join(tmp, "model.pt"))
-    with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-        json.dump({"model": asdict(model.config), **meta}, f, indent=1)
-    shutil.copyfile(os.path.abspath(__file__), os.path.join(tmp, "train.py"))
-    old = directory.rstrip(os.sep) + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(directory):
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+class Autocast(nn.Module):
+    """`model` under autocast: exported through this, the casts autocast makes are recorded in the program as
+    explicit operators, so the evaluation computes in the precision training did with no context around it."""
+
+    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.device_type, self.dtype = model, device_type, dtype
+
+    def forward(self, idx):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.model(idx)
+
+
+def export_model(model: GPT, batch: int, device: torch.device, use_bf16: bool) -> torch.export.ExportedProgram:
+    """The model as the fixed evaluation takes it: a torch.export program from int64 token ids (batch,
+    MAX_SEQ_LEN) to logits (batch, MAX_SEQ_LEN, vocab), weights included, ATen operators only.
+
+    FA3 (a custom kernel) and FlexAttention (compiled only) do not export, so the program attends with SDPA,
+    from the same weights: the same math (a softmax over the same causal window of keys), another kernel.
+    run_decompositions({}) turns export's training IR into ATen IR: autocast's casts become explicit
+    operators and any in-place operator a functional one, which is what the evaluation's reader accepts."""
+    attention = SDPAAttention()
+    attention.build_masks(MAX_SEQ_LEN, set(model.config.windows()), device)
+    for block in model.blocks:
+        block.attn.attention = attention
+    model.eval()
+    exported = Autocast(model, device.type, torch.bfloat16) if use_bf16 else model
+    example = torch.zeros(batch, MAX_SEQ_LEN, dtype=torch.long, device=device)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation notes, not ours
+        return torch.export.export(exported, (example,)).run_decompositions({})
+
+
+def save_checkpoint(directory: str, model: GPT, program: torch.export.ExportedProgram, meta: dict) -> None:
+    """Write model.pt2 (the exported program: what the evaluation reads), model.pt (the state dict, plain
+    tensors, for resuming or fine-tuning), a copy of this train.py (the model's source, for whoever fine-tunes;
+    the evaluation never imports it) and config.json (model config, data fingerprint, run) into directory.
+
+    Each file is written in directory/.partial and renamed into place (the directory itself may be a mount
+    point the harness gives the run, which cannot be replaced); the old config.json goes first and the new one
+    last, so a directory with a config.json holds one complete checkpoint."""
+    partial = os.path.join(directory, ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    config = os.path.join(directory, "config.json")
+    if os.path.exists(config):
+        os.remove(config)
+
+    def write(name: str, save) -> None:
+        save(os.path.join(partial, name))  # under its own name: torch.export.save names the archive after it
+        os.replace(os.path.join(partial, name), os.path.join(directory, name))
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    write("model.pt2", lambda path: torch.export.save(program, path))
+    write("model.pt", lambda path: torch.save(state, path))
+    write("train.py", lambda path: shutil.copyfile(os.path.abspath(__file__), path))
+
+    def save_config(path: str) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"model": asdict(model.config), **meta}, f, indent=1)
+
+    write("config.json", save_config)
+    os.rmdir(partial)
 
 
 def warm_up(train_model, model: GPT, optimizer: MuonAdamW, x, y, steps: int, autocast) -> None:
@@ -692,9 +734,10 @@ def warm_up(train_model, model: GPT, optimizer: MuonAdamW, x, y, steps: int, aut
     This is what keeps UNTIMED_STEPS from being a way to train off the clock: the budget counts training
     time, and these steps are not timed, so none of what they learn is kept. Raised to any value, the run
     trains the same weights as with one warm-up step (tests/test_pretrain_reference.py checks it bit for bit)
-    and only spends wall time, which the harness bounds (startup_allowance_s). It guards the knob, not the
-    loop: a train.py that stops undoing them, or stops counting time, is an edit to the training loop, bounded
-    by the same wall-clock allowance until evaluation moves out of this process.
+    and only spends wall time. It guards the knob, not the loop: a train.py that stops undoing them, or stops
+    counting time, is an edit to the training loop, and what bounds that is the harness's budget rule on this
+    process's wall time (budget * (1 + startup_allowance_frac) + startup_allowance_s). The evaluation is a
+    process of its own, so all of that allowance is for start-up, warm-up, export and checkpoint.
     """
     tensors = [*model.parameters(), *model.buffers()]
     saved = [t.detach().clone() for t in tensors]
@@ -832,31 +875,33 @@ def main() -> None:
     total_tokens = step * total_batch
     tok_per_s = total_tokens / max(training_time, 1e-9)
     mfu = 100 * flops_per_token * tok_per_s / peak_flops if peak_flops else 0.0
-    model.eval()
-    eval_batch = EVAL_BATCH_SIZE or device_batch
-    t_eval = time.time()
-    with autocast:
-        val_bpb = evaluate_bpb(train_model, tokenizer, eval_batch)
-    peak_mb = peak_memory_mb(device)
-    say(f"eval: {time.time() - t_eval:.1f}s for {prepared.eval_tokens:,} tokens")
+    peak_mb = peak_memory_mb(device)  # training's peak, before the export adds its own
+    gc.enable()
 
+    # The run's result is its checkpoint: the fixed evaluation (`python prepare.py --evaluate`, a separate
+    # process) reads model.pt2 from it and reports val_bpb. Exporting is untimed, but part of this process's
+    # wall time, which the budget rule bounds.
+    eval_batch = EVAL_BATCH_SIZE or max(device_batch, 8)
+    t_export = time.time()
+    program = export_model(model, eval_batch, device, use_bf16)
     checkpoint = {
-        "tokenizer_dir": prepared.tokenizer_dir, "dataset": prepared.dataset, "fingerprint": prepared.fingerprint,
-        "val_bpb": val_bpb, "num_steps": step, "seed": SEED, "preset": preset_name, "time_budget": TIME_BUDGET,
-        "device_batch": device_batch,
+        "dataset": prepared.dataset, "fingerprint": prepared.fingerprint, "num_steps": step, "seed": SEED,
+        "preset": preset_name, "time_budget": TIME_BUDGET, "training_seconds": training_time,
+        "device_batch": device_batch, "eval_batch": eval_batch, "sequence_len": MAX_SEQ_LEN, "device": device.type,
+        "precision": "bf16 autocast" if use_bf16 else "fp32", "attention": attention.name, "exported_attention": "sdpa",
     }
     try:
-        save_checkpoint(CHECKPOINT_DIR, model, checkpoint)
-        say(f"checkpoint: {CHECKPOINT_DIR}")
-    except OSError as e:  # a full disk should not cost the result of the run
-        say(f"checkpoint: not saved ({e})")
+        save_checkpoint(CHECKPOINT_DIR, model, program, checkpoint)
+    except OSError as e:
+        sys.exit(f"error: checkpoint not saved to {CHECKPOINT_DIR} ({e}); the evaluation reads the model from it")
+    export_s = time.time() - t_export
+    say(f"checkpoint: {CHECKPOINT_DIR} (model.pt2 for {eval_batch} x {MAX_SEQ_LEN} tokens; exported and saved in {export_s:.1f}s)")
 
     if peak_flops is None:
         say(f"note: mfu_percent is 0: no peak FLOPs known for {device_name}")
     if device.type != "cuda":
         say("note: peak_vram_mb is the peak resident memory of the process")
     summary = {
-        "val_bpb": val_bpb,
         "training_seconds": training_time,
         "total_seconds": time.time() - t_start,
         "peak_vram_mb": peak_mb,
@@ -865,8 +910,9 @@ def main() -> None:
         "num_steps": step,
         "num_params_M": num_params / 1e6,
         "depth": depth,
+        "export_seconds": export_s,
     }
-    formats = {"val_bpb": ".6f", "mfu_percent": ".2f", "total_tokens_M": ".3f", "num_steps": "d", "depth": "d"}
+    formats = {"mfu_percent": ".2f", "total_tokens_M": ".3f", "num_steps": "d", "depth": "d"}
     say("---")
     for key, value in summary.items():
         say(f"{key + ':':<18}{value:{formats.get(key, '.1f')}}")
