@@ -146,10 +146,12 @@ def left_tracked_files_alone(r: Ran) -> str | None:
 
 
 def within_budget(r: Ran) -> str | None:
-    separate = r.sample.train_s is not None  # the metric came from its own evaluation process
-    return integrity.over_budget(r.sample.train_s if separate else r.sample.res.wall_s, r.cfg.time_budget_s,
-                                 r.cfg.startup_allowance_s, r.cfg.startup_allowance_frac,
-                                 None if separate else r.cfg.eval_allowance_s)
+    train_s = r.sample.train_s  # set when the metric came from its own evaluation process
+    if train_s is not None:
+        return integrity.over_budget(train_s, r.cfg.time_budget_s, r.cfg.startup_allowance_s,
+                                     r.cfg.startup_allowance_frac)
+    return integrity.over_budget(r.sample.res.wall_s, r.cfg.time_budget_s, r.cfg.startup_allowance_s,
+                                 r.cfg.startup_allowance_frac, r.cfg.eval_allowance_s)
 
 
 def one_evaluation(r: Ran) -> str | None:

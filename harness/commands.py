@@ -21,10 +21,12 @@ from harness.agents import make_agent
 from harness.agents.base import AgentError, Proposal
 from harness.cli_common import UserError, json_object, load_config, workspace_root
 from harness.config import Config, ConfigError, MetricSpec
+from harness.executor import make_executor
 from harness.journal import LockedError
 from harness.ledger import Status
 from harness.loop import Controller, ControllerError, StopRules, WorkspaceLock, format_result, parse_until
 from harness.metrics import MAX_ABS
+from harness.sandbox import INSTALL_HINT
 from harness.session import InitError, Target, init_workspace, load_target
 from harness.workspace import Workspace, WorkspaceError, short
 
@@ -68,6 +70,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"workspace ready: {root.resolve()} on branch {cfg.branch}")
     print(f"  metric {cfg.metric.name} ({cfg.metric.direction} is better), budget {cfg.time_budget_s:g}s, "
           f"editable: {', '.join(cfg.editable)}")
+    sandbox_line, _ = _where_runs_happen(root, cfg)
+    if sandbox_line:
+        print(f"  runs: {sandbox_line}")
+        if sandbox_line.startswith("unsandboxed") and cfg.sandbox != "off":
+            print(f"  to isolate runs, install bubblewrap ({INSTALL_HINT}): runs then cannot see the workspace, "
+                  "its .git or the ledger")
     where = "" if root.resolve() == Path.cwd().resolve() else f"cd {args.path or root} && "
     print(f"next: {where}autoresearch run --max-iterations 20")
     return 0
@@ -169,9 +177,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         ctl.interrupts.install()
         try:
+            ctl.executor.check()
+            ctl.prepare()  # the target's one-time preparation, as `run` does it (a marker makes it free after)
             result = ctl.iterate(None, None if not has_baseline else Proposal(args.description, asi))
         finally:
             ctl.interrupts.uninstall()
+            ctl.executor.close()
     if args.json:
         print(json.dumps(result.record))
     else:
@@ -279,7 +290,23 @@ def _status_data(root: Path, cfg: Config) -> dict[str, Any]:
         consistency = _consistency(ws, state, cfg, root)
     except (WorkspaceError, ValueError) as exc:
         branch, head, consistency = None, None, f"warning: {exc}"
-    return views.status_data(cfg, state, branch=branch, head=head, consistency=consistency, goal=_goal(root))
+    d = views.status_data(cfg, state, branch=branch, head=head, consistency=consistency, goal=_goal(root))
+    d["runs_in"], d["metric_from"] = _where_runs_happen(root, cfg)
+    return d
+
+
+def _where_runs_happen(root: Path, cfg: Config) -> tuple[str | None, str]:
+    """What a run can reach here (the sandbox, or why there is none), and where the metric comes from."""
+    if cfg.evaluate:
+        origin = f"a separate evaluation process (`{cfg.evaluate}`) that reads the run's checkpoint"
+    elif cfg.metric_source == "result_file":
+        origin = "the run itself, through the result channel (no [session] evaluate)"
+    else:
+        origin = "the run itself: its printed METRIC lines (no [session] evaluate)"
+    try:
+        return make_executor(Workspace(root), cfg).describe(), origin
+    except (WorkspaceError, ValueError, OSError):
+        return None, origin
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -61,6 +61,14 @@ class Executor(Protocol):
 
     def describe(self) -> str: ...
 
+    def check(self) -> None:
+        """Raise (a RunnerError) when runs cannot start as configured; before the first one."""
+        ...
+
+    def close(self) -> None:
+        """Remove what the executor keeps between runs (the last run's checkout)."""
+        ...
+
 
 def failure_of(res: RunResult, timeout_s: float) -> str | None:
     """Why a finished command did not succeed, as the ledger says it; None when it did."""
@@ -197,6 +205,9 @@ class LocalExecutor:
 
     def prepare(self, command: str, env: Mapping[str, str], *, log: str, timeout_s: float) -> RunResult:
         return self.command(command, env, log=log, timeout_s=timeout_s, label="prepare")
+
+    def check(self) -> None:
+        """Runs in the workspace can always start."""
 
     def close(self) -> None:
         """Nothing to clean up: the runs happened in the workspace."""

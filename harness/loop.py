@@ -460,6 +460,7 @@ class Controller:
         done = errors_in_a_row = 0
         self.interrupts.install()
         try:
+            self.executor.check()  # sandbox = "bwrap" on a machine without it: one clear error, before anything
             self.prepare()
             while True:
                 now, state = self.clock(), self.load_ledger()
@@ -486,6 +487,7 @@ class Controller:
                     return "aborted by the user"
         finally:
             self.interrupts.uninstall()
+            self.executor.close()  # the last run's checkout, kept for its checks command
 
     def _environment_error(self, exc: BaseException, run: int, in_a_row: int) -> str | None:
         """Log experiment `run` as a crash caused by `exc` (unless its line is already written) and

@@ -159,6 +159,10 @@ def render_status(d: dict[str, Any], out: TextIO | None = None) -> None:
                                   f"{last['description']} ({_when(last['timestamp'])})"))
     if d["failure_streak"]:
         lines.append(("not kept in a row", str(d["failure_streak"])))
+    if d.get("runs_in"):
+        lines.append(("sandbox", d["runs_in"]))
+    if d.get("metric_from"):
+        lines.append(("metric from", d["metric_from"]))
     lines.append(("branch", f"{d['branch'] or '(detached)'} @ {(d['head'] or '')[:7]}"))
     lines.append(("consistency", d["consistency"]))
     for b in d["bad_lines"]:

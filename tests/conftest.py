@@ -112,6 +112,12 @@ class FakeExecutor:
     def describe(self) -> str:
         return "a fake executor (no processes)"
 
+    def check(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
     def _result(self, log: str, metrics: dict[str, float]):
         from harness.runner import RunResult
 
