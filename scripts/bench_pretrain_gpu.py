@@ -1,5 +1,7 @@
-"""GPU benchmark of the pretrain target: one full run (300 s of training by default) on the CUDA device,
-reporting val_bpb, tokens/s, MFU, peak VRAM and which attention backend ran.
+"""GPU benchmark of the pretrain target: one full run (300 s of training by default) on the CUDA device and
+the fixed evaluation of its checkpoint, reporting val_bpb, tokens/s, MFU, peak VRAM, which attention backend
+ran, and the times the budget rule is made of (the run's wall time beyond its budget, the export) and the
+evaluation's (never counted), with its causality probe.
 
 Run on a machine with a CUDA GPU:
     .venv/bin/python scripts/bench_pretrain_gpu.py                          # offline `local` corpus
@@ -7,10 +9,13 @@ Run on a machine with a CUDA GPU:
     .venv/bin/python scripts/bench_pretrain_gpu.py --attention sdpa --budget 120 --json gpu.json
 
 It copies assets/pretrain/ and the kit into a temporary workspace, runs prepare.py (idempotent; cached in
-$AUTORESEARCH_CACHE_DIR, default ~/.cache/autoresearch) and then train.py unchanged, except for ATTENTION
+$AUTORESEARCH_CACHE_DIR, default ~/.cache/autoresearch), then train.py unchanged, except for ATTENTION
 when --attention asks for another backend, and for SIZED_FOR and the five model-size constants when
---preset names a row of train.py's PRESETS (written into them as they are). Numbers are only comparable
-between runs on the same GPU, dataset fingerprint and budget.
+--preset names a row of train.py's PRESETS (written into them as they are), then `prepare.py --evaluate`.
+--compare also scores the same weights the old way, in-process: train.py's GPT with the attention it trained
+with (FA3 or flex, compiled), under bf16 autocast, by evaluate_bpb; the exported program attends with SDPA, so
+the two differ by kernel rounding only. Numbers are only comparable between runs on the same GPU, dataset
+fingerprint and budget.
 """
 
 import argparse
@@ -45,6 +50,26 @@ def set_constant(source: str, name: str, value: str) -> str:
     return pattern.sub(lambda m: m.group(1) + value, source, count=1)
 
 
+# The old code path, for --compare: the model rebuilt from train.py, with the attention and compilation it trained
+# with, and scored in the same process under the same autocast.
+IN_PROCESS = """
+import contextlib, json, sys, torch
+import prepare, train
+config = json.load(open(sys.argv[1] + "/config.json"))
+device = torch.device("cuda")
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+attention = train.pick_attention(device, True)[0]
+attention.build_masks(prepare.MAX_SEQ_LEN, set(train.GPTConfig(**config["model"]).windows()), device)
+model = train.GPT(train.GPTConfig(**config["model"]), attention).to(device)
+model.load_state_dict(torch.load(sys.argv[1] + "/model.pt", map_location=device, weights_only=True))
+compiled = torch.compile(model.eval(), dynamic=False)
+autocast = torch.autocast("cuda", dtype=torch.bfloat16) if config["precision"] == "bf16 autocast" else contextlib.nullcontext()
+with autocast:
+    value = prepare.evaluate_bpb(compiled, prepare.Tokenizer.from_prepared(prepare.load_prepared()), config["eval_batch"])
+print(attention.name, repr(value))
+"""
+
 SIZE_CONSTANTS = {"depth": "DEPTH", "aspect": "ASPECT_RATIO", "head_dim": "HEAD_DIM",
                   "device_batch": "DEVICE_BATCH_SIZE", "total_batch": "TOTAL_BATCH_SIZE"}
 
@@ -69,6 +94,7 @@ def main() -> int:
     parser.add_argument("--preset", default="auto",
                         help="a PRESETS row of train.py to write into its size constants, or auto (as shipped)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--compare", action="store_true", help="also score the weights in-process, the old way")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -95,7 +121,8 @@ def main() -> int:
         f.write(source)
     env = {**os.environ, "AUTORESEARCH_SEED": str(args.seed), "AUTORESEARCH_TIME_BUDGET": str(args.budget)}
     env["AUTORESEARCH_CHECKPOINT"] = os.path.join(ws, "checkpoint")
-    env.pop("AUTORESEARCH_DATASET", None)
+    for var in ("AUTORESEARCH_DATASET", "AUTORESEARCH_RESULT_FILE"):
+        env.pop(var, None)
 
     t0 = time.time()
     code, _ = run_streaming([sys.executable, "prepare.py", "--dataset", args.dataset], ws, env, "[prepare] ")
@@ -107,26 +134,56 @@ def main() -> int:
     t0 = time.time()
     code, output = run_streaming([sys.executable, "train.py"], ws, env, "[train] ")
     wall_s = time.time() - t0
-    if code != 0 or "val_bpb" not in output:
+    if code != 0:
         print(f"train.py failed (exit {code})", file=sys.stderr)
         return 1
     result = {m.group(1): float(m.group(2)) for m in map(METRIC.match, output.splitlines()) if m}
-    for key in ("device", "attention", "preset", "data", "model", "batch", "startup"):
+    for key in ("device", "attention", "preset", "data", "model", "batch", "startup", "warmup", "checkpoint"):
         found = re.search(rf"^{key}: (.*)$", output, re.M)
         result[key] = found.group(1) if found else "?"
-    result.update(gpu=gpu, dataset=args.dataset, budget_s=args.budget, wall_s=wall_s, prepare_s=prepare_s)
+
+    channel = os.path.join(ws, "result.jsonl")
+    t0 = time.time()
+    code, evaluation = run_streaming([sys.executable, "prepare.py", "--evaluate"], ws,
+                                     {**env, "AUTORESEARCH_RESULT_FILE": channel}, "[eval] ")
+    eval_s = time.time() - t0
+    if code != 0:
+        print(f"the evaluation failed (exit {code})", file=sys.stderr)
+        return 1
+    with open(channel, encoding="utf-8") as f:
+        result["val_bpb"] = json.loads(f.readline())["value"]
+    for key in ("causality", "eval"):
+        found = re.search(rf"^{key}: (.*)$", evaluation, re.M)
+        result[f"eval_{key}"] = found.group(1) if found else "?"
+    if args.compare:
+        old = subprocess.run([sys.executable, "-c", IN_PROCESS, env["AUTORESEARCH_CHECKPOINT"]], cwd=ws, env=env,
+                             capture_output=True, text=True)
+        if old.returncode == 0:
+            backend, value = old.stdout.strip().splitlines()[-1].split()
+            result.update(in_process_attention=backend, in_process_val_bpb=float(value))
+        else:
+            result["in_process_error"] = old.stderr.strip().splitlines()[-1] if old.stderr.strip() else "?"
+    result.update(gpu=gpu, dataset=args.dataset, budget_s=args.budget, wall_s=wall_s, eval_wall_s=eval_s,
+                  prepare_s=prepare_s)
 
     print()
     print(f"pretrain target on {gpu}")
-    for key in ("device", "attention", "preset", "data", "model", "batch"):
+    for key in ("device", "attention", "preset", "data", "model", "batch", "checkpoint"):
         print(f"  {key + ':':<18}{result[key]}")
-    print(f"  {'val_bpb:':<18}{result['val_bpb']:.6f}")
+    print(f"  {'val_bpb:':<18}{result['val_bpb']!r} (the evaluation process)")
+    if "in_process_val_bpb" in result:
+        print(f"  {'old way:':<18}{result['in_process_val_bpb']!r} (in-process, {result['in_process_attention']}, "
+              f"compiled; difference {abs(result['val_bpb'] - result['in_process_val_bpb']):.2g})")
+    elif "in_process_error" in result:
+        print(f"  {'old way:':<18}failed: {result['in_process_error']}")
     print(f"  {'tokens/s:':<18}{result['tokens_per_sec']:,.0f}")
     print(f"  {'mfu_percent:':<18}{result['mfu_percent']:.2f}")
     print(f"  {'peak_vram_mb:':<18}{result['peak_vram_mb']:.1f}")
     print(f"  {'num_steps:':<18}{result['num_steps']:.0f}  ({result['total_tokens_M']:.1f}M tokens)")
-    print(f"  {'seconds:':<18}train {result['training_seconds']:.1f}, total {result['total_seconds']:.1f}, "
-          f"wall {wall_s:.1f} (startup {result['startup']}), prepare {prepare_s:.1f}")
+    print(f"  {'run:':<18}train {result['training_seconds']:.1f}s, wall {wall_s:.1f}s = budget + {wall_s - args.budget:.1f}s "
+          f"(startup {result['startup']}; warmup {result['warmup']}; export and checkpoint {result['export_seconds']:.1f}s)")
+    print(f"  {'evaluation:':<18}wall {eval_s:.1f}s; {result['eval_causality']}; {result['eval_eval']}")
+    print(f"  {'prepare:':<18}{prepare_s:.1f}s")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)

@@ -259,6 +259,29 @@ def test_the_probe_catches_a_model_that_peeks_only_late_in_the_row(trained, tmp_
     assert probe.rows == 20 and probe.max_change == 0.0  # exactly: the same arithmetic on the same prefix
 
 
+class Shaped(nn.Module):
+    """Uniform logits over `vocab` tokens for inputs of any length."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab, self.bias = vocab, nn.Parameter(torch.zeros(vocab))
+
+    def forward(self, idx):
+        return self.bias.expand(*idx.shape, self.vocab)
+
+
+def test_a_program_of_another_shape_is_refused(trained, tmp_path):
+    vocab, fp = trained.data.vocab_size, trained.data.fingerprint
+    err = refused(evaluate(trained, save_program(Shaped(vocab + 1), 4, tmp_path / "vocab", fp))[0])
+    assert f"logits are (rows, {prepare.MAX_SEQ_LEN}, {vocab})" in err
+    ckpt = tmp_path / "short"
+    ckpt.mkdir()
+    torch.export.save(torch.export.export(Shaped(vocab), (torch.zeros(4, 16, dtype=torch.long),)), ckpt / "model.pt2")
+    (ckpt / "config.json").write_text(json.dumps({"model": {}, "fingerprint": fp}))
+    err = refused(evaluate(trained, ckpt)[0])
+    assert "takes [('torch.int64', (4, 16))]" in err and f"(rows, {prepare.MAX_SEQ_LEN})" in err
+
+
 # ---------------------------------------------------------------------------
 # A crafted model.pt2 runs no code
 # ---------------------------------------------------------------------------

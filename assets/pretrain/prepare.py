@@ -989,6 +989,8 @@ def load_checkpoint(checkpoint: str, split: str = "val") -> tuple[dict, Prepared
         raise EvaluationError(
             f"{checkpoint}/model.pt2 takes {shapes}; the evaluation feeds one int64 batch of (rows, {MAX_SEQ_LEN}) tokens"
         )
+    if len(program.outputs) != 1:
+        raise EvaluationError(f"{checkpoint}/model.pt2 returns {len(program.outputs)} values; the evaluation takes logits")
     if program.device != device:
         raise EvaluationError(f"{checkpoint}/model.pt2 was exported for {program.device}; this evaluation runs on {device}")
     return config, prepared, program.to(device)
@@ -1015,7 +1017,9 @@ def causality_probe(
     device = next(model.parameters()).device
     x, _, _ = next(make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, split, device=device))
     logits = model(x).float()
-    vocab = logits.size(-1)
+    vocab = tokenizer.get_vocab_size()
+    if tuple(logits.shape) != (batch_size, MAX_SEQ_LEN, vocab):
+        raise EvaluationError(f"the model returns {tuple(logits.shape)}; logits are (rows, {MAX_SEQ_LEN}, {vocab})")
     positions = torch.arange(MAX_SEQ_LEN, device=device)[None, :]
     probed, worst = 0, 0.0
     while probed < rows:
