@@ -146,8 +146,8 @@ def left_tracked_files_alone(r: Ran) -> str | None:
 
 
 def within_budget(r: Ran) -> str | None:
-    train_s = r.sample.train_s  # set when the metric came from its own evaluation process
-    if train_s is not None:
+    train_s = r.sample.train_s  # the run's own process; with [session] evaluate the metric came from another
+    if r.cfg.evaluate and train_s is not None:
         return integrity.over_budget(train_s, r.cfg.time_budget_s, r.cfg.startup_allowance_s,
                                      r.cfg.startup_allowance_frac)
     return integrity.over_budget(r.sample.res.wall_s, r.cfg.time_budget_s, r.cfg.startup_allowance_s,
