@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from toy import TRAIN, cli, cli_proc, git, lines, make_toy, runs, set_constant
+from toy import TRAIN, cli, cli_proc, git, lines, make_toy, runs, set_constant, set_session
 
 from harness.cli import main
 
@@ -141,3 +141,48 @@ def test_a_primary_metric_printed_twice_with_different_values_is_checks_failed(t
     last = runs(root)[-1]
     assert last.status == "checks_failed", last
     assert "printed score with 2 different values" in last.asi["rollback_reason"]
+
+
+# ---- the budget rule measures training, not the machine (issue 10, break 10)
+
+RUN_WRITES_CHECKPOINT = """\
+import importlib.util, math, os, time
+spec = importlib.util.spec_from_file_location("train", "train.py")
+m = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(m)
+time.sleep(getattr(m, "TRAIN_SLEEP", 0))
+score = -((math.log10(m.LR) + 1.5) ** 2) - (math.log2(m.WIDTH) - 5) ** 2 / 4
+ckpt = os.environ["AUTORESEARCH_CHECKPOINT"]
+os.makedirs(ckpt, exist_ok=True)
+open(os.path.join(ckpt, "score"), "w").write(repr(score))
+print("METRIC score=1000")  # the run's own claim: ignored, the evaluation reports the metric
+"""
+SCORE = """\
+import json, os, time
+time.sleep(float(open("slow_eval").read()))
+score = float(open(os.path.join(os.environ["AUTORESEARCH_CHECKPOINT"], "score")).read())
+with open(os.environ["AUTORESEARCH_RESULT_FILE"], "a") as f:
+    f.write(json.dumps({"name": "score", "value": score}) + "\\n")
+"""
+
+
+@pytest.mark.parametrize("slow", ["evaluation", "training"])
+def test_a_slow_evaluation_never_counts_against_the_budget_but_slow_training_does(tmp_path: Path, slow: str) -> None:
+    root = make_toy(tmp_path / "ws", evaluate=RUN_WRITES_CHECKPOINT)
+    (root / "score.py").write_text(SCORE)
+    (root / "slow_eval").write_text("3" if slow == "evaluation" else "0")
+    git(root, "add", "score.py", "slow_eval")
+    git(root, "commit", "-qm", "a separate evaluation")
+    set_session(root, evaluate="python score.py", metric_source="result_file", time_budget_s=1.0,
+                startup_allowance_s=1.5, startup_allowance_frac=0.0)
+    assert cli(root, "experiment", "-d", "baseline") == 0
+    set_constant(root, "LR", "0.0316")
+    if slow == "training":
+        (root / "train.py").write_text((root / "train.py").read_text() + "TRAIN_SLEEP = 3\n")
+    assert cli(root, "experiment", "-d", "better", "--asi", '{"hypothesis": "h"}') == 0
+    last = runs(root)[-1]
+    if slow == "evaluation":  # 3 s of evaluation at a 1 s budget: judged on its metric, from the evaluation
+        assert last.status == "keep", last.asi
+        assert last.metrics["score"] < 1000
+    else:
+        assert last.status == "checks_failed" and "training took 3s" in last.asi["rollback_reason"]
