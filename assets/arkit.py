@@ -563,7 +563,28 @@ def _argument(arg, what: str):
             return torch.device(v["type"], v.get("index"))
         except (KeyError, TypeError, RuntimeError) as e:
             raise ProgramError(f"{what}: not a device: {v!r}") from e
+    if kind in _SCALARS:  # an operator's int, float or bool result (by name), or a literal
+        return _scalar(v, kind, what)
+    if kind in _SCALAR_LISTS:
+        if not isinstance(v, list):
+            raise ProgramError(f"{what}: {kind} is not a list")
+        return [_scalar(x, _SCALAR_LISTS[kind], what) for x in v]
     raise ProgramError(f"{what}: arguments of kind {kind} are not read (symbolic, graph or object values)")
+
+
+_SCALARS = {"as_sym_int": "as_int", "as_sym_float": "as_float", "as_sym_bool": "as_bool"}
+_SCALAR_LISTS = {"as_sym_ints": "as_sym_int", "as_sym_floats": "as_sym_float", "as_sym_bools": "as_sym_bool"}
+
+
+def _scalar(v, kind: str, what: str):
+    """A SymInt/SymFloat/SymBool argument: a Ref to a value an earlier operator returned ({"as_name": ...}),
+    or a literal. Expressions never appear here (they live in the graph's tables, refused above)."""
+    field, x = _union(v, what)
+    if field == "as_name" and isinstance(x, str):
+        return Ref(x)
+    if field == _SCALARS[kind] and isinstance(x, bool if field == "as_bool" else (int, float)):
+        return x
+    raise ProgramError(f"{what}: {kind} of kind {field} is not read")
 
 
 def _optional_tensor(v, what: str):
@@ -584,7 +605,9 @@ def _output(arg, what: str):
         return None
     if kind == "as_tensors":
         return tuple(t["name"] for t in v)
-    raise ProgramError(f"{what}: results of kind {kind} are not read (only tensors)")
+    if kind in _SCALARS and _union(v, what)[0] == "as_name":  # an int, float or bool result, by name
+        return _union(v, what)[1]
+    raise ProgramError(f"{what}: results of kind {kind} are not read")
 
 
 def _names_in(value) -> Iterator[str]:
@@ -647,9 +670,12 @@ def _read_program(archive, path: str, device) -> Program:
         nodes, values = graph["nodes"], graph["tensor_values"]
     except (KeyError, TypeError) as e:
         raise ProgramError(f"{path}: models/model.json has no graph ({e})") from e
-    if model.get("range_constraints") or any(graph.get(k) for k in ("sym_int_values", "sym_bool_values",
-                                                                     "sym_float_values", "custom_obj_values")):
+    if model.get("range_constraints") or graph.get("custom_obj_values"):
         raise ProgramError(f"{path} holds symbolic or object values; only programs exported for fixed shapes are read")
+    for table in ("sym_int_values", "sym_float_values", "sym_bool_values"):
+        for name, value in (graph.get(table) or {}).items():  # the scalar results of operators: concrete only
+            if _union(value, f"{path}: {name}")[0] not in ("as_int", "as_float", "as_bool"):
+                raise ProgramError(f"{path}: {name} is symbolic; only programs exported for fixed shapes are read")
 
     records: dict[str, object] = {}
 

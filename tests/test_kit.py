@@ -303,7 +303,8 @@ def _export(module, *inputs, path: Path) -> Path:
 
 def _net():
     """A module that exercises what a model's program holds: parameters, a persistent and a non-persistent
-    buffer, a lifted constant, lists of tensors (cat, split: several results), keyword arguments and dtypes."""
+    buffer, a lifted constant, lists of tensors (cat; split: one list result), an operator with several
+    results (the CPU flash-attention kernel: output and log-sum-exp), keyword arguments and dtypes."""
     import torch
 
     class Net(torch.nn.Module):
@@ -318,6 +319,8 @@ def _net():
             h = self.lin(x) * self.scale + self.shift
             a, b = torch.split(h, [3, 5], dim=-1)
             h = torch.cat([b, a.relu()], dim=-1).masked_fill(self.mask, 0.0)
+            q = h[None, None]
+            h = h + torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default(q, q, q, is_causal=True)[0][0, 0]
             return h.to(torch.float64).softmax(dim=-1), torch.nn.functional.one_hot(ids, 8).sum(dim=1)
 
     torch.manual_seed(0)
@@ -339,6 +342,7 @@ def test_a_program_computes_what_torch_export_load_computes(kit, tmp_path):
     assert ours[0].dtype == torch.float64 and torch.equal(ours[1], net(x, ids)[1])
     assert [spec.shape for spec in program.inputs] == [(4, 6), (4, 2)] and program.device == "cpu"
     assert program.num_params() == 6 * 8 + 8 and "aten.cat.default" in program.ops
+    assert not next(s for s in program.steps if "flash" in str(s.op)).single  # two results, bound apart
     produced = {n for s in program.steps for n in kit._flat(s.outputs)}
     released = [n for s in program.steps for n in s.release]
     kept = {r.name for r in program.outputs}
@@ -347,6 +351,18 @@ def test_a_program_computes_what_torch_export_load_computes(kit, tmp_path):
         program(torch.randn(5, 6), ids)  # the shapes are the export's
     moved = program.to("cpu")
     assert all(torch.equal(a, b) for a, b in zip(moved(x, ids), ours, strict=True))
+
+
+def test_scalar_results_and_arguments_are_read_by_name(kit):
+    """An operator's int result (a SymInt output, concrete in a fixed-shape program) is bound by name, and read
+    back by the arguments that name it; an expression is never read."""
+    assert kit._output({"as_sym_int": {"as_name": "n"}}, "out") == "n"
+    assert kit._argument({"as_sym_int": {"as_name": "n"}}, "arg") == kit.Ref("n")
+    assert kit._argument({"as_sym_ints": [{"as_int": 2}, {"as_name": "n"}]}, "arg") == [2, kit.Ref("n")]
+    assert kit._argument({"as_sym_bool": {"as_bool": True}}, "arg") is True
+    assert kit._resolve([2, kit.Ref("n")], {"n": 5}) == [2, 5]
+    with pytest.raises(kit.ProgramError, match="is not read"):
+        kit._argument({"as_sym_int": {"as_expr": {"expr_str": "s0"}}}, "arg")
 
 
 def _rewrite(src: Path, dst: Path, edit) -> Path:
@@ -403,12 +419,16 @@ def test_what_the_reader_refuses(kit, tmp_path):
             {"buffer_mutation": {"arg": {"name": "x"}, "buffer_name": "scale"}})), "it must be pure"),
         "range constraints": (_json_edit(model, lambda d: d.update(range_constraints={"s0": {"min_val": 2}})),
                               "symbolic"),
+        "symbolic value": (_json_edit(model, lambda d: d["graph_module"]["graph"].update(
+            sym_int_values={"n": {"as_expr": {"expr_str": "s0 + 1"}}})), "n is symbolic"),
     }
     for name, (edit, message) in cases.items():
         crafted = _rewrite(path, tmp_path / f"{name}.pt2", edit)
         with pytest.raises(kit.ProgramError, match=message) as e:
             kit.load_program(str(crafted))
         assert "\n" not in str(e.value), name
+    concrete = _json_edit(model, lambda d: d["graph_module"]["graph"].update(sym_int_values={"n": {"as_int": 3}}))
+    assert kit.load_program(str(_rewrite(path, tmp_path / "concrete.pt2", concrete)))  # a concrete int is data
     (tmp_path / "junk.pt2").write_bytes(b"not a zip")
     with pytest.raises(kit.ProgramError, match="not a torch.export archive"):
         kit.load_program(str(tmp_path / "junk.pt2"))
