@@ -406,6 +406,10 @@ class Program:
     def parameters(self) -> Iterator:
         return (self.bound[n] for n in self.parameter_names)
 
+    def buffers(self) -> Iterator:
+        """The bound tensors that are not parameters: buffers and constants."""
+        return (t for n, t in self.bound.items() if n not in self.parameter_names)
+
     def num_params(self) -> int:
         return sum(t.numel() for t in self.parameters())  # type: ignore[attr-defined]
 

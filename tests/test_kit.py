@@ -342,6 +342,7 @@ def test_a_program_computes_what_torch_export_load_computes(kit, tmp_path):
     assert ours[0].dtype == torch.float64 and torch.equal(ours[1], net(x, ids)[1])
     assert [spec.shape for spec in program.inputs] == [(4, 6), (4, 2)] and program.device == "cpu"
     assert program.num_params() == 6 * 8 + 8 and "aten.cat.default" in program.ops
+    assert sorted(t.numel() for t in program.buffers()) == [8, 8, 8]  # scale, shift and the lifted mask
     assert not next(s for s in program.steps if "flash" in str(s.op)).single  # two results, bound apart
     produced = {n for s in program.steps for n in kit._flat(s.outputs)}
     released = [n for s in program.steps for n in s.release]

@@ -50,6 +50,7 @@ Importing this module is cheap: nothing is downloaded or trained at import.
 import argparse
 import base64
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -899,10 +900,17 @@ def _main(argv=None) -> int:
 # ---------------------------------------------------------------------------
 
 
+def _device_of(model) -> torch.device:
+    """Where a model's tensors are: its first parameter's device, else its first buffer's, else the CPU."""
+    for tensor in (*itertools.islice(model.parameters(), 1), *itertools.islice(model.buffers(), 1)):
+        return tensor.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def _bpb_on_split(model, tokenizer: Tokenizer, batch_size: int, *, split: str) -> float:
     """Bits per byte of `split` (val or heldout): what --evaluate and --evaluate-heldout both compute."""
-    device = next(model.parameters()).device
+    device = _device_of(model)
     token_bytes = get_token_bytes(tokenizer, device)
     rows = tokenizer.prepared.eval_tokens // MAX_SEQ_LEN
     steps = -(-rows // batch_size)
@@ -1014,7 +1022,7 @@ def causality_probe(
     about (1 - f) ** rows. Costs 1 + ceil(rows / batch_size) forwards. Raises EvaluationError on a violation."""
     t0 = time.time()
     rng = rng or random.SystemRandom()
-    device = next(model.parameters()).device
+    device = _device_of(model)
     x, _, _ = next(make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, split, device=device))
     logits = model(x).float()
     vocab = tokenizer.get_vocab_size()
