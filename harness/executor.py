@@ -472,7 +472,11 @@ class SandboxExecutor:
                 ro_files=tuple(str(src / f) for f in self._fixed(src)),
                 masked=sandbox.masked_sockets(), devices=sandbox.gpu_devices(), network=net,
                 bwrap=self.bwrap or "bwrap")
-            argv = sandbox.bwrap_argv(spec)
+            # bwrap's --die-with-parent cannot close one race: a controller killed before bwrap has set its
+            # parent-death signal (bwrap also changes credentials, which clears the one the runner set),
+            # which left bwrap and the whole run alive, once in about 20 kills (scripts/bench_killloop.py).
+            # The subreaper sets its own and then checks that its parent is still the controller.
+            argv = sandbox.reaper_argv(sandbox.bwrap_argv(spec), env)
         else:
             for host, inside in inputs:  # the same relative paths, as links to the workspace's
                 if not inside.exists() and not inside.is_symlink():
