@@ -123,7 +123,8 @@ def main() -> int:
     failures: Counter[str] = Counter()
     orphan_total, t0 = 0, time.monotonic()
     for i in range(args.rounds):
-        proc = subprocess.Popen([*cli, "run", "--agent", "mutate", "--max-iterations", "20"], env=env,
+        proc = subprocess.Popen([*cli, "run", "--agent", "mutate", "--max-iterations", "20",
+                                 "--max-failure-streak", "1000000"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0, args.max_delay))
         proc.send_signal(signal.SIGKILL)
