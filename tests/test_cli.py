@@ -228,7 +228,8 @@ def test_pretrain_init_carries_the_targets_session_settings(tmp_path: Path) -> N
 
     cfg = config_mod.load(tmp_path / "ws")
     assert cfg.metric_source == "result_file" and cfg.heldout_metric == "heldout_bpb"
-    assert (cfg.startup_allowance_s, cfg.eval_allowance_s) == (30, 60)
+    assert (cfg.startup_allowance_s, cfg.startup_allowance_frac) == (15, 0.1)
+    assert cfg.evaluate == "python prepare.py --evaluate"
     assert cfg.time_budget_s == 7 and cfg.calibrate == 3
     assert cfg.prepare_command == "python prepare.py --dataset local"
     assert set(cfg.fixed_hashes) == {"prepare.py", "arkit.py", "autoresearch.sh"}  # the kit is fixed too
