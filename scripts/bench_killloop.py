@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from toy import EVAL, git, make_toy  # noqa: E402
+from toy import EVAL, TRAIN, git, make_toy  # noqa: E402
 
 from harness import ledger  # noqa: E402
 from harness.procgroup import TOKEN_VAR  # noqa: E402
@@ -37,6 +37,10 @@ from harness.procgroup import TOKEN_VAR  # noqa: E402
 SLOW_EVAL = EVAL.replace("import importlib.util, math, os, sys\n",
                          "import importlib.util, math, os, sys, subprocess, time\n"
                          "subprocess.Popen(['sleep', '30'])\ntime.sleep(0.4)\n")
+# more constants than the toy's three, so that the offline agent never runs out of untried points in 200
+# rounds (the evaluation ignores these: changing one is a discard)
+TRAIN_WIDE = TRAIN + "".join(f"SPARE_{i} = {v}  # unused by the evaluation\n"
+                             for i, v in enumerate([1.0, 0.5, 2.0, 10.0, 0.1, 3.0, 64, 128]))
 HELDOUT = "import time\ntime.sleep(0.3)\nprint('METRIC hscore=1.0')\n"
 
 
@@ -107,7 +111,7 @@ def main() -> int:
     args = ap.parse_args()
     rng = random.Random(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="killloop-"))
-    root = make_toy(tmp / "ws", evaluate=SLOW_EVAL)
+    root = make_toy(tmp / "ws", train=TRAIN_WIDE, evaluate=SLOW_EVAL)
     (root / "heldout.py").write_text(HELDOUT)
     text = (root / "autoresearch.toml").read_text()
     text = text.replace("[session]\n", '[session]\nheldout_metric = "hscore"\nheldout_command = "python heldout.py"\n', 1)
