@@ -115,6 +115,17 @@ def run_metrics(metric: str, printed: Mapping[str, float], channel: tuple[list[t
     return RunMetrics(verdict.metrics, verdict.failure, dict(verdict.notes))
 
 
+def run_sample(seed: int, res: RunResult, out: RunResult, m: RunMetrics, failure: str | None,
+               eval_s: float | None, tampered: tuple[str, ...] = ()) -> Sample:
+    """The Sample of one run: `res` the run's own result (its wall time is the training time), `out` what
+    the ledger shows of it (the evaluation's tail when that failed), `m` the metrics as decided."""
+    metrics = dict(m.metrics)
+    if res.peak_rss_mb is not None:
+        metrics.setdefault("peak_rss_mb", round(res.peak_rss_mb, 1))
+    return Sample(seed, out, metrics, failure, None, m.notes, m.channel_failure, train_s=res.wall_s,
+                  eval_s=eval_s, tampered=tampered)
+
+
 def _checkpoint(env: Mapping[str, str]) -> Path | None:
     """The run's checkpoint directory (a host path under the workspace's .autoresearch/), created."""
     if not env.get(CHECKPOINT_ENV):
@@ -178,11 +189,7 @@ class LocalExecutor:
                     m = run_metrics(cfg.metric.name, res.metrics, integrity.read_results(ev_file), ev.metrics)
                 else:
                     out = dataclasses.replace(res, tail=ev.tail)
-        metrics = dict(m.metrics)
-        if res.peak_rss_mb is not None:
-            metrics.setdefault("peak_rss_mb", round(res.peak_rss_mb, 1))
-        return Sample(seed, out, metrics, failure, None, m.notes, m.channel_failure, train_s=res.wall_s,
-                      eval_s=eval_s)
+        return run_sample(seed, res, out, m, failure, eval_s)
 
     def evaluate(self, command: str, env: Mapping[str, str], *, key: str, label: str,
                  commit: str | None = None) -> Sample:
@@ -306,11 +313,7 @@ class SandboxExecutor:
                     m = run_metrics(name, res.metrics, channel, ev.metrics)
                 else:
                     out = dataclasses.replace(res, tail=ev.tail)
-        metrics = dict(m.metrics)
-        if res.peak_rss_mb is not None:
-            metrics.setdefault("peak_rss_mb", round(res.peak_rss_mb, 1))
-        return Sample(seed, out, metrics, failure, None, m.notes, m.channel_failure, train_s=res.wall_s,
-                      eval_s=eval_s, tampered=tampered)
+        return run_sample(seed, res, out, m, failure, eval_s, tampered)
 
     def evaluate(self, command: str, env: Mapping[str, str], *, key: str, label: str,
                  commit: str | None = None) -> Sample:
