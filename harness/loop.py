@@ -377,11 +377,11 @@ class Controller:
             return None
         ref = f"refs/autoresearch/moved/run-{run}"
         self.ws.repo.git.update_ref(ref, head)
+        if not self.ws.is_clean():  # whatever else was left in the tree, out of the way first
+            self.ws.stash(f"autoresearch: changes found when HEAD moved during experiment #{run}")
         if branch is None or (self.cfg.branch and branch != self.cfg.branch):
             self.ws.checkout(self.cfg.branch or commit)
         if self.ws.head() != commit:
-            if not self.ws.is_clean():
-                self.ws.stash(f"autoresearch: changes found when HEAD moved during experiment #{run}")
             self.ws.reset_to(commit)
         where = f"branch {branch}" if branch else "a detached HEAD"
         return (f"HEAD moved during the run (to {short(head)} on {where}; the controller committed {short(commit)}): "

@@ -186,3 +186,19 @@ def test_a_slow_evaluation_never_counts_against_the_budget_but_slow_training_doe
         assert last.metrics["score"] < 1000
     else:
         assert last.status == "checks_failed" and "training took 3s" in last.asi["rollback_reason"]
+
+
+def test_a_branch_switch_during_the_run_is_undone_and_the_run_not_kept(tmp_path: Path) -> None:
+    root = make_toy(tmp_path / "ws")
+    set_session(root, sandbox="off")  # in the workspace, so that the run can reach the repository
+    assert cli(root, "experiment", "-d", "baseline") == 0
+    set_constant(root, "LR", "0.0316")
+    (root / "train.py").write_text((root / "train.py").read_text() + (
+        "import os, subprocess\nsubprocess.run(['git', '-C', os.environ['SNEAKY_WS'], 'checkout', '-q', '-b', 'elsewhere'])\n"))
+    res = cli_proc(root, "experiment", "-d", "switches branch", "--asi", '{"hypothesis": "h"}',
+                   env={"SNEAKY_WS": str(root)})
+    assert res.returncode == 0, res.stderr
+    last = runs(root)[-1]
+    assert last.status == "checks_failed" and "on branch elsewhere" in last.asi["rollback_reason"]
+    assert git(root, "rev-parse", "--abbrev-ref", "HEAD") == "autoresearch/t"
+    assert "0.0316" not in (root / "train.py").read_text() and git(root, "status", "--porcelain") == ""
