@@ -303,14 +303,17 @@ def test_dashboard_serves_page_and_updates_read_only(tmp_path: Path) -> None:
 
 def test_dashboard_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     root = write_ledger(tmp_path / "ws", small())
+    # as from a terminal: a test suite started in the background (`cmd &`) ignores SIGINT, and its children
+    # would inherit that
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "-C", str(root), "dashboard", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = proc.stdout.readline()
         url = re.search(r"http://127\.0\.0\.1:\d+/", first).group(0)
         assert urllib.request.urlopen(url, timeout=10).status == 200
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)  # once over 10 s on a loaded 2-core CI machine; a hang still fails
+        out, err = proc.communicate(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
