@@ -67,7 +67,6 @@ class Proposed:
     patch: str  # the working tree against HEAD, untracked files included
     changed: Sequence[str]  # paths that differ from HEAD
     digest: str  # normalized_diff_hash(patch)
-    fixed_names: Callable[[], set[str]]  # names the fixed files define (for the audit; computed once)
 
 
 def changed_something(p: Proposed) -> str | None:

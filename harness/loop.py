@@ -43,7 +43,6 @@ from harness.context import proposal_context
 from harness.decision import Decision, decide
 from harness.executor import Executor, Runner, make_executor
 from harness.gate import Sample
-from harness.integrity import fixed_names
 from harness.journal import ControllerError, Journal, LockedError, WorkspaceLock, atomic_write
 from harness.runner import RunnerError, run_command
 from harness.stoprules import Interrupts, StopRules, parse_until, should_stop
@@ -115,7 +114,6 @@ class Controller:
         self.executor: Executor = executor or make_executor(
             self.ws, cfg, runner=runner, progress=progress, cancel=lambda: self.interrupts.abort_requested)
         self.pre_run, self.post_run = tuple(pre_run), tuple(post_run)
-        self._fixed_names: set[str] | None = None  # names the fixed files define, for the audit
 
     # ------------------------------------------------------------ state and checks
     def load_ledger(self) -> ledger.LedgerState:
@@ -146,8 +144,10 @@ class Controller:
         """Fixed files (and the measurement scripts) whose content differs from init."""
         return checks.fixed_changes(self.root, self.cfg)
 
-    def verify(self) -> None:
-        if problem := ledger.chain_problem(self.load_ledger()):  # a line no controller wrote decides no keep
+    def verify(self, state: ledger.LedgerState | None = None) -> None:
+        """Refuse to run on a broken ledger chain, changed fixed files or a detached HEAD. `state` is
+        the ledger as the caller just read it (read again when not given)."""
+        if problem := ledger.chain_problem(state if state is not None else self.load_ledger()):  # no forged line decides
             raise ControllerError(problem)
         bad = self.check_fixed()
         if bad:
@@ -295,19 +295,13 @@ class Controller:
         patch, stats = self.ws.working_diff()
         digest = normalized_diff_hash(patch)
         info = {**stats.as_dict(), "sha": digest}
-        proposed = checks.Proposed(self.cfg, self.root, state, patch, self.ws.changed_paths(), digest,
-                                   self._names_of_fixed)
+        proposed = checks.Proposed(self.cfg, self.root, state, patch, self.ws.changed_paths(), digest)
         failed = checks.first_failure(self.pre_run, proposed)
         if failed is None:
             return None, info
         self.journal.save_patch(run, patch)
         check, reason = failed
         return Decision("discard" if check in checks.REPEATS else "checks_failed", reason), info
-
-    def _names_of_fixed(self) -> set[str]:
-        if self._fixed_names is None:
-            self._fixed_names = fixed_names([self.root / f for f in self.cfg.fixed])
-        return self._fixed_names
 
     def _sample(self, run: int, commit: str, index: int) -> Sample:
         """Run the experiment once with seed `cfg.seed + index`; a run that did not crash then goes
@@ -467,7 +461,7 @@ class Controller:
                 why = should_stop(rules, done=done, started=started, now=now, state=state, interrupts=self.interrupts)
                 if why:
                     return why
-                self.verify()
+                self.verify(state)
                 try:
                     result = self.iterate(agent)
                     self.say(format_result(result.record, self.cfg))
