@@ -214,3 +214,35 @@ def pretrain_workspace(directory: Path) -> Path:
         shutil.copy(ASSETS / "pretrain" / name, directory / name)
     shutil.copy(ASSETS / "arkit.py", directory / "arkit.py")
     return directory
+
+
+def run_py(cwd: Path, env: dict[str, str], *args: str, timeout: float = 240):
+    """`python ARGS` in `cwd` with exactly `env`, output captured as text."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def trained_pretrain(root: Path, prepare_args: Sequence[str]):
+    """A pretrain workspace under `root`, data prepared with `prepare_args` in a private cache, and the
+    checkpoint of a 2 s CPU run in `root/ckpt`. Returns root, ws, env (without the harness's per-run
+    variables), ckpt and data_dir."""
+    from types import SimpleNamespace
+
+    ws = pretrain_workspace(root / "ws")
+    env = {
+        **os.environ,
+        "AUTORESEARCH_CACHE_DIR": str(root / "cache"),
+        "AUTORESEARCH_TIME_BUDGET": "2",
+        "HF_HUB_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",  # the CPU path, even on a GPU machine
+    }
+    for var in ("AUTORESEARCH_DATASET", "AUTORESEARCH_RESULT_FILE", "AUTORESEARCH_CHECKPOINT", "ANTHROPIC_API_KEY"):
+        env.pop(var, None)
+    prepared = run_py(ws, env, "prepare.py", *prepare_args)
+    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+    ckpt = root / "ckpt"
+    result = run_py(ws, {**env, "AUTORESEARCH_CHECKPOINT": str(ckpt)}, "train.py")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return SimpleNamespace(root=root, ws=ws, env=env, ckpt=ckpt, data_dir=root / "cache" / "pretrain" / "local")

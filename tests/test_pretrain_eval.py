@@ -30,7 +30,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn as nn
-from conftest import kit_module, pretrain_prepare, pretrain_train, pretrain_workspace
+from conftest import (
+    kit_module,
+    pretrain_prepare,
+    pretrain_train,
+    run_py,
+    trained_pretrain,
+)
 
 prepare = pretrain_prepare()
 train = pretrain_train()
@@ -43,32 +49,12 @@ PREPARE_ARGS = ("--dataset", "local", "--vocab-size", "512", "--eval-tokens", "4
 METRIC_LINE = re.compile(r"^METRIC ([A-Za-z_][A-Za-z0-9_]*)=(\S+)$", re.M)
 
 
-def run_py(cwd, env, *args, timeout=240):
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A workspace, small local data in a private cache, and the checkpoint of a 2 s run."""
-    root = tmp_path_factory.mktemp("eval")
-    ws = pretrain_workspace(root / "ws")
-    env = {
-        **os.environ,
-        "AUTORESEARCH_CACHE_DIR": str(root / "cache"),
-        "AUTORESEARCH_TIME_BUDGET": "2",
-        "HF_HUB_OFFLINE": "1",
-        "CUDA_VISIBLE_DEVICES": "",  # the CPU path, even on a GPU machine
-    }
-    for var in ("AUTORESEARCH_DATASET", "AUTORESEARCH_RESULT_FILE", "AUTORESEARCH_CHECKPOINT"):
-        env.pop(var, None)
-    prepared = run_py(ws, env, "prepare.py", *PREPARE_ARGS)
-    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
-    ckpt = root / "ckpt"
-    result = run_py(ws, {**env, "AUTORESEARCH_CHECKPOINT": str(ckpt)}, "train.py")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    data_dir = root / "cache" / "pretrain" / "local"
-    data = prepare._prepared_from_manifest(str(data_dir), json.loads((data_dir / "manifest.json").read_text()))
-    return SimpleNamespace(root=root, ws=ws, env=env, ckpt=ckpt, data_dir=data_dir, data=data)
+    t = trained_pretrain(tmp_path_factory.mktemp("eval"), PREPARE_ARGS)
+    t.data = prepare._prepared_from_manifest(str(t.data_dir), json.loads((t.data_dir / "manifest.json").read_text()))
+    return t
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import pretrain_prepare, pretrain_workspace
+from conftest import pretrain_prepare, run_py, trained_pretrain
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "assets" / "pretrain"
@@ -32,31 +31,10 @@ PREPARE_ARGS = ("--dataset", "local", "--max-bytes", "300000", "--vocab-size", "
 METRIC_LINE = re.compile(r"^METRIC ([A-Za-z_][A-Za-z0-9_]*)=(\S+)$", re.M)
 
 
-def run_py(cwd, env, *args, timeout=240):
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A workspace (prepare.py, train.py, arkit.py), small local data in a private cache, and a 2 s run's checkpoint."""
-    root = tmp_path_factory.mktemp("heldout")
-    ws = pretrain_workspace(root / "ws")
-    env = {
-        **os.environ,
-        "AUTORESEARCH_CACHE_DIR": str(root / "cache"),
-        "AUTORESEARCH_TIME_BUDGET": "2",
-        "HF_HUB_OFFLINE": "1",
-        "CUDA_VISIBLE_DEVICES": "",  # the CPU path, even on a GPU machine
-    }
-    for var in ("AUTORESEARCH_DATASET", "AUTORESEARCH_RESULT_FILE", "AUTORESEARCH_CHECKPOINT", "ANTHROPIC_API_KEY"):
-        env.pop(var, None)
-    prepared = run_py(ws, env, "prepare.py", *PREPARE_ARGS)
-    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
-    ckpt = root / "ckpt"
-    result = run_py(ws, {**env, "AUTORESEARCH_CHECKPOINT": str(ckpt)}, "train.py")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    data_dir = root / "cache" / "pretrain" / "local"
-    return SimpleNamespace(root=root, ws=ws, env=env, ckpt=ckpt, data_dir=data_dir)
+    return trained_pretrain(tmp_path_factory.mktemp("heldout"), PREPARE_ARGS)
 
 
 def split_docs(prepared, split):
