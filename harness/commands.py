@@ -26,11 +26,13 @@ from harness.journal import LockedError
 from harness.ledger import Status
 from harness.loop import Controller, ControllerError, StopRules, WorkspaceLock, format_result, parse_until
 from harness.metrics import MAX_ABS
-from harness.sandbox import INSTALL_HINT
+from harness.sandbox import INSTALL_HINT, SandboxError
 from harness.session import InitError, Target, init_workspace, load_target
 from harness.workspace import Workspace, WorkspaceError, short
 
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, InitError, ControllerError, WorkspaceError, AgentError)
+# SandboxError: `sandbox = "bwrap"` on a machine without a working bubblewrap, which the message says how to fix
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, InitError, ControllerError, WorkspaceError, AgentError,
+                                            SandboxError)
 
 
 # ------------------------------------------------------------------------ init

@@ -271,9 +271,10 @@ class SandboxExecutor:
     def check(self) -> None:
         """Raise SandboxError when runs cannot start as configured (`sandbox = "bwrap"` without it)."""
         if self.mode == "bwrap" and self.problem is not None:
+            install = "" if sandbox.INSTALL_HINT in self.problem else f" ({sandbox.INSTALL_HINT})"
             raise sandbox.SandboxError(
-                f'sandbox = "bwrap" in autoresearch.toml, but {self.problem}. Install bubblewrap '
-                f'({sandbox.INSTALL_HINT}), or set sandbox = "auto" to run without it in a fresh checkout')
+                f'sandbox = "bwrap" in autoresearch.toml, but {self.problem}. Install bubblewrap{install}, '
+                'or set sandbox = "auto" to run without it in a fresh checkout')
 
     # ---------------------------------------------------------------- the commands
     def run(self, commit: str, seed: int, env: Mapping[str, str], *, key: str, label: str) -> Sample:

@@ -9,6 +9,7 @@ resumes the evaluation instead of discarding the keep.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -202,3 +203,21 @@ def test_a_branch_switch_during_the_run_is_undone_and_the_run_not_kept(tmp_path:
     assert last.status == "checks_failed" and "on branch elsewhere" in last.asi["rollback_reason"]
     assert git(root, "rev-parse", "--abbrev-ref", "HEAD") == "autoresearch/t"
     assert "0.0316" not in (root / "train.py").read_text() and git(root, "status", "--porcelain") == ""
+
+
+@pytest.mark.parametrize("command", [["run", "--max-iterations", "1"], ["experiment", "-d", "baseline"]])
+def test_sandbox_bwrap_without_bubblewrap_is_one_clear_line(tmp_path: Path, command: list[str]) -> None:
+    root = make_toy(tmp_path / "ws")
+    set_session(root, sandbox="bwrap")
+    bare = tmp_path / "bin"  # a PATH with git and bash but no bwrap
+    bare.mkdir()
+    for tool in ("git", "bash", "python3"):
+        found = shutil.which(tool)
+        assert found is not None
+        (bare / tool).symlink_to(found)
+    res = cli_proc(root, *command, env={"PATH": str(bare)})
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert 'sandbox = "bwrap" in autoresearch.toml, but bwrap not found' in res.stderr
+    assert res.stderr.count("apt install bubblewrap") == 1
+    assert runs(root) == []  # nothing ran, nothing logged
