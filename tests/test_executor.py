@@ -486,7 +486,7 @@ def test_bwrap_required_but_missing(base: Path):
     ws, cfg = workspace(base, sandbox="bwrap")
     ex = SandboxExecutor(ws, cfg, bwrap=None, progress=False)
     assert not ex.sandboxed and ex.describe().startswith('not runnable: sandbox = "bwrap", but bwrap not found')
-    with pytest.raises(sandbox.SandboxError, match="bwrap not found .*apt install bubblewrap.*Install bubblewrap, or set sandbox = "auto""):
+    with pytest.raises(sandbox.SandboxError, match='bwrap not found .*apt install bubblewrap.*Install bubblewrap, or set sandbox = "auto"'):
         run(ex, ws, "true")
 
 
