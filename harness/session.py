@@ -180,7 +180,9 @@ def init_workspace(
         if not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
-            done.append(f"copied {rel} " + ("(the fixed kit)" if rel == KIT else f"from the {target.name} target"))
+            what = ("(the fixed kit)" if rel == KIT else "(a shared kit module)" if rel in target.kit_modules
+                    else f"from the {target.name} target")
+            done.append(f"copied {rel} {what}")
     gitignore = root / ".gitignore"
     wanted = _template("gitignore")
     have = gitignore.read_text(encoding="utf-8") if gitignore.exists() else ""
@@ -210,7 +212,9 @@ def init_workspace(
     state = ledger.load_state(lpath)
     if state.current is None or state.current.runs:
         # provenance: which harness and which kit the session's metric depends on
-        kit = {"kit_sha256": cfg.fixed_hashes[KIT]} if target.kit is not None else {}
+        kit: dict[str, Any] = {"kit_sha256": cfg.fixed_hashes[KIT]} if target.kit is not None else {}
+        if target.kit_modules:
+            kit["kit_modules"] = {m: cfg.fixed_hashes[m] for m in target.kit_modules}
         ledger.append(
             lpath,
             ledger.header_line(cfg.name, target.metric.name, target.metric.unit, direction, target=target.name,

@@ -2,7 +2,10 @@
 
 A built-in target is a folder under `assets/` holding a `target.toml` and the files it lists;
 the fixed kit (`assets/arkit.py`) sits beside the targets and init copies it into every
-workspace made from one of them. A custom target (init's --command/--metric flags) is a
+workspace made from one of them. A target may also name shared kit modules that sit beside it
+(`[target] kit = ["armath.py", "arbase.py"]`): init copies them to the workspace root as fixed
+files too. A post-training target says it starts from a base model (`[target] base = "required"`):
+init then resolves `--base` (harness.bases) and writes the base's record into the workspace. A custom target (init's --command/--metric flags) is a
 `Target` built by the CLI, with no folder.
 
 Every mistake in a target.toml ends in one `InitError` line that names the file and the key:
@@ -15,13 +18,15 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from harness import resources
 from harness.config import Config, ConfigError, MetricSpec
 from harness.config import validate as validate_config
 
 KIT = resources.KIT_NAME
+BaseNeed = Literal["none", "required"]  # does the target start from a base model (init's --base)?
+BASE_NEEDS: tuple[BaseNeed, ...] = get_args(BaseNeed)
 TABLES = ("target", "metric", "session", "session_cpu")
 # Config fields a target's [session] may not set: [target]/[metric] hold them, or init fills them in.
 SET_BY_INIT = frozenset({"name", "command", "metric", "editable", "fixed", "fixed_hashes", "guards", "target",
@@ -49,17 +54,21 @@ class Target:
     settings: dict[str, Any] = field(default_factory=dict)  # [session] keys the target sets (integrity, held-out)
     cpu_settings: dict[str, Any] = field(default_factory=dict)  # [session_cpu]: over [session] without CUDA
     kit: Path | None = None  # the fixed kit copied to the workspace as arkit.py (built-in targets)
+    kit_modules: tuple[str, ...] = ()  # [target] kit: shared modules of assets/, copied beside arkit.py, fixed
+    base: BaseNeed = "none"  # "required": init resolves --base and writes base.json (harness.bases)
 
     @property
     def fixed_files(self) -> tuple[str, ...]:
-        """The session's fixed files: the target's, then the kit."""
-        return (*self.fixed, KIT) if self.kit is not None else self.fixed
+        """The session's fixed files: the target's, then the shared kit modules, then the kit."""
+        return (*self.fixed, *self.kit_modules, *((KIT,) if self.kit is not None else ()))
 
     def sources(self) -> dict[str, Path]:
         """Workspace path -> the file init copies there; empty when the files are already in place."""
         if self.source_dir is None:
             return {}
         files = {rel: self.source_dir / rel for rel in (*self.fixed, *self.editable)}
+        for name in self.kit_modules:  # validated by read_target: a file of assets/, beside the target folder
+            files[name] = self.source_dir.parent / name
         if self.kit is not None:
             files[KIT] = self.kit
         return files
@@ -106,6 +115,8 @@ SCHEMA: dict[str, Schema] = {
         "fixed": (False, _is_paths, "a list of paths"),
         "time_budget_s": (False, _is_positive, "a number > 0"),
         "cpu_time_budget_s": (False, _is_positive, "a number > 0"),
+        "kit": (False, _is_paths, "a list of file names"),
+        "base": (False, lambda x: x in BASE_NEEDS, " or ".join(f'"{b}"' for b in BASE_NEEDS)),
     },
     "metric": {
         "name": (True, _is_str, "a string"),
@@ -156,6 +167,20 @@ def _file_problems(folder: Path, t: dict[str, Any], kit: Path | None) -> list[st
                 problems.append(f"[target] {key}: {KIT} is the fixed kit, which init adds itself; remove it")
             elif not (folder / rel).is_file():
                 problems.append(f"[target] {key}: {rel} is not a file in {folder}")
+    for name in t.get("kit", []):
+        # a shared module lands at the workspace root under its own name: a bare file name, nothing else
+        if not name or Path(name).name != name or name in (".", ".."):
+            problems.append(f"[target] kit: {name!r} must be the bare name of a file in {folder.parent}")
+        elif name == KIT:
+            problems.append(f"[target] kit: {KIT} is the fixed kit, which init adds itself; remove it")
+        elif not name.endswith(".py"):
+            problems.append(f"[target] kit: {name} is not a Python module (.py)")
+        elif name in (*t["editable"], *t.get("fixed", [])):
+            problems.append(f"[target] kit: {name} is also one of the target's own files; name it once")
+        elif not (folder.parent / name).is_file():
+            problems.append(f"[target] kit: {name} is not a file in {folder.parent}")
+    if len(set(t.get("kit", []))) != len(t.get("kit", [])):
+        problems.append("[target] kit names a module twice")
     return problems
 
 
@@ -219,4 +244,6 @@ def read_target(folder: Path) -> Target:
         settings=dict(data.get("session", {})),
         cpu_settings=dict(data.get("session_cpu", {})),
         kit=kit_or_none,
+        kit_modules=tuple(t.get("kit", ())),
+        base=t.get("base", "none"),
     )

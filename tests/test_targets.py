@@ -40,13 +40,18 @@ eval_allowance_s = 20
 KIT_TEXT = '"""a kit for the tests: the fixed side imports it."""\nVALUE = 1\n'
 
 
+MATH_TEXT = '"""a shared kit module for the tests."""\nANSWER = 42\n'
+
+
 def make_assets(root: Path, toml: str = VALID, *, kit: bool = True) -> Path:
-    """An assets folder like the shipped one: assets/toy/{target.toml,train.py,eval.py} (+ arkit.py)."""
+    """An assets folder like the shipped one: assets/toy/{target.toml,train.py,eval.py} (+ arkit.py),
+    and a shared kit module assets/armath.py that a target may name in [target] kit."""
     folder = root / "assets" / "toy"
     folder.mkdir(parents=True)
     (folder / "target.toml").write_text(toml)
     (folder / "train.py").write_text(TRAIN)
     (folder / "eval.py").write_text(EVAL)
+    (root / "assets" / "armath.py").write_text(MATH_TEXT)
     if kit:
         (root / "assets" / "arkit.py").write_text(KIT_TEXT)
     return root / "assets"
@@ -110,6 +115,23 @@ CASES = [
      "[target] train.py: both editable and fixed"),
     ("the kit listed", _replace('fixed = ["eval.py"]', 'fixed = ["eval.py", "arkit.py"]'),
      "[target] fixed: arkit.py is the fixed kit, which init adds itself"),
+    # [target] kit: shared kit modules beside the target folder
+    ("kit a string", _replace("time_budget_s = 5", 'time_budget_s = 5\nkit = "armath.py"'),
+     "[target] kit must be a list of file names"),
+    ("kit module absent", _replace("time_budget_s = 5", 'time_budget_s = 5\nkit = ["nope.py"]'),
+     "[target] kit: nope.py is not a file in"),
+    ("kit module with a path", _replace("time_budget_s = 5", 'time_budget_s = 5\nkit = ["toy/eval.py"]'),
+     "[target] kit: 'toy/eval.py' must be the bare name of a file in"),
+    ("kit module upwards", _replace("time_budget_s = 5", 'time_budget_s = 5\nkit = ["../x.py"]'),
+     "[target] kit: '../x.py' must be the bare name"),
+    ("kit names arkit", _replace("time_budget_s = 5", 'time_budget_s = 5\nkit = ["arkit.py"]'),
+     "[target] kit: arkit.py is the fixed kit, which init adds itself"),
+    ("kit module not python", _replace("time_budget_s = 5", 'time_budget_s = 5\nkit = ["target.toml"]'),
+     "[target] kit: target.toml is not a Python module"),
+    ("kit module twice", _replace("time_budget_s = 5", 'time_budget_s = 5\nkit = ["armath.py", "armath.py"]'),
+     "[target] kit names a module twice"),
+    ("bad base", _replace("time_budget_s = 5", 'time_budget_s = 5\nbase = "yes"'),
+     '[target] base must be "none" or "required", not \'yes\''),
     # [session] and [session_cpu]
     ("unknown [session] key", _replace("startup_allowance_s = 10", "startup_allowance = 10"),
      "unknown [session] key(s): startup_allowance"),
@@ -201,3 +223,22 @@ def test_without_a_kit_init_records_only_the_harness_version(tmp_path: Path) -> 
     assert not (root / "arkit.py").exists() and cfg.fixed == ("eval.py",)
     header = json.loads((root / "autoresearch.jsonl").read_text().splitlines()[0])
     assert header["harness_version"] == harness.__version__ and "kit_sha256" not in header
+
+
+def test_init_copies_the_shared_kit_modules_as_fixed_hashed_files(tmp_path: Path) -> None:
+    toml = _replace("time_budget_s = 5", 'time_budget_s = 5\nkit = ["armath.py"]')
+    target = load_target("toy", make_assets(tmp_path, toml))
+    assert target.kit_modules == ("armath.py",) and target.fixed_files == ("eval.py", "armath.py", "arkit.py")
+    root = tmp_path / "ws"
+    cfg, done = init_workspace(root, target, tag="t")
+    assert (root / "armath.py").read_text() == MATH_TEXT and "copied armath.py (a shared kit module)" in done
+    assert cfg.fixed == ("eval.py", "armath.py", "arkit.py")
+    assert cfg.fixed_hashes["armath.py"] == hashlib.sha256(MATH_TEXT.encode()).hexdigest()
+    assert "armath.py" in git(root, "ls-tree", "-r", "--name-only", "main").split()
+    header = json.loads((root / "autoresearch.jsonl").read_text().splitlines()[0])
+    assert header["kit_modules"] == {"armath.py": cfg.fixed_hashes["armath.py"]}
+
+
+def test_a_target_without_a_kit_key_has_no_shared_modules_and_needs_no_base(tmp_path: Path) -> None:
+    t = load_target("toy", make_assets(tmp_path))
+    assert t.kit_modules == () and t.base == "none"
