@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install autoresearch into it (editable, with the test tools).
+# Create .venv and install autoresearch into it (editable, with the test tools and the post-training extra).
 #
 #   bash scripts/setup.sh                 # CPU: torch==2.13.0 (a CPU wheel where pip's find-links has one)
 #   TORCH_SPEC=torch bash scripts/setup.sh  # GPU machines: the default CUDA build from PyPI
@@ -21,7 +21,7 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 # torch first and pinned, so the package's `torch>=2.4` is already satisfied and pip never
 # pulls several GB of CUDA wheels onto a CPU machine.
-echo "setup: installing $torch_spec and autoresearch[dev] into .venv"
+echo "setup: installing $torch_spec and autoresearch[dev,posttrain] into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check "$torch_spec"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,posttrain]'
 echo "setup: done ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'))"
