@@ -68,7 +68,7 @@ class Shape:
         )
 
 
-def params_per_rank(shape: Shape) -> dict[Component, int]:
+def params_per_rank(shape: Shape) -> dict[str, int]:
     """LoRA parameters per unit of rank, per component (§1.2): gate/up/down, q/k/v/o, lm_head."""
     h, q, kv = shape.hidden, shape.n_heads * shape.head_dim, shape.n_kv_heads * shape.head_dim
     return {
@@ -101,15 +101,14 @@ def linear_row(x: LinearLike | LinearRow) -> LinearRow:
     return x.name, int(x.d_in), int(x.d_out), str(x.component)
 
 
-def params_per_rank_from_linears(linears: Iterable[LinearLike | LinearRow]) -> dict[Component, int]:
+def params_per_rank_from_linears(linears: Iterable[LinearLike | LinearRow]) -> dict[str, int]:
     """Per-rank counts per component from a model's own linears: for any layout (our GPT's is not
     Llama's), it is what PEFT adds for those modules. Components with no linear are absent."""
-    out: dict[Component, int] = {}
+    out: dict[str, int] = {}
     for name, d_in, d_out, component in map(linear_row, linears):
         if component not in COMPONENTS:
             raise ValueError(f"{name}: unknown component {component!r} (one of {', '.join(COMPONENTS)})")
-        key: Component = component  # narrowed by the check above
-        out[key] = out.get(key, 0) + d_in + d_out
+        out[component] = out.get(component, 0) + d_in + d_out
     return out
 
 
@@ -220,6 +219,17 @@ def lr_family(model_name: str) -> LRFamily | None:
     return None
 
 
+def lr_for_base(kind: str, name: str, hidden_size: int | None) -> LearningRate:
+    """The LR rule for a base of `kind` ("ours" | "hf"): our own GPT is never in the calibrated families,
+    whatever its session is called (a pretrain session named "llama-test" is still our GPT)."""
+    if kind != "hf" or hidden_size is None:
+        what = "our own GPT (a pretrain checkpoint)" if kind == "ours" else f"{name!r} (no hidden size known)"
+        return LearningRate(None, None, True, (
+            f"the LR rule (tinker-cookbook get_lr) is fitted on the Llama-3 and Qwen families only, and the base is "
+            f"{what}: no calibrated rate; train.py's own default LR stays"))
+    return get_lr(name, hidden_size)
+
+
 def get_lr(model_name: str, hidden_size: int, lora: bool = True) -> LearningRate:
     """tinker-cookbook's `get_lr`: `5e-5 * (10 if lora else 1) * (2000 / hidden_size) ** P_family`.
     For a name of neither family it gives no number (tinker-cookbook raises): the caller keeps its own
@@ -267,14 +277,16 @@ class MethodChoice:
         return {"method": self.method, "then": list(self.then), "why": self.why}
 
 
-def choose_method(fields: Collection[str]) -> MethodChoice:
-    """Seed 001's decision tree, from the fields a dataset's rows carry (`armath.describe`'s `fields`):
+def choose_method(fields: Collection[str], *, verifiable: bool = False) -> MethodChoice:
+    """Seed 001's decision tree, from the fields a dataset's rows carry (`armath.describe`'s `fields`) and
+    whether each row has a gold answer a program can check (its `verifiable`; a `gold` field says so too):
     preference pairs first, then verifiable answers, then instruction-output pairs."""
     have = set(fields)
     if have >= PREFERENCE_FIELDS:
         return MethodChoice("dpo", (), "the rows are preference pairs (chosen/rejected): DPO needs no reward model "
                             "and is stable")
-    verifiable, supervised = bool(VERIFIABLE_FIELDS & have), bool(SUPERVISED_FIELDS & have)
+    verifiable = verifiable or bool(VERIFIABLE_FIELDS & have)
+    supervised = bool(SUPERVISED_FIELDS & have)
     if verifiable and supervised:
         return MethodChoice("sft", ("grpo",), "the rows have worked solutions and a verifiable gold answer: SFT "
                             "first teaches the format and the steps, then GRPO can train on the reward directly")

@@ -10,8 +10,11 @@ it is there, else the folder that holds the package.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
 
 DATA_DIR = "_data"  # in a wheel: harness/_data/{assets,session,program.md}
 KIT_NAME = "arkit.py"  # the fixed kit every built-in target imports, in assets/ beside the targets
@@ -37,6 +40,31 @@ def assets_dir() -> Path:
 
 def kit_path() -> Path:
     return assets_dir() / KIT_NAME
+
+
+def kit_module(name: str) -> ModuleType:
+    """A kit module of assets/ (`arbase`, `armath`, `arkit`) imported by path, for the harness's own use of
+    it (`advise`, the advice init writes). It is registered under its bare name, as it is in a workspace,
+    so the kit modules' imports of each other (`import arkit`) find the shipped files; once imported it is
+    reused. The kit imports torch (arbase) or pyarrow (armath): call this only where they are needed."""
+    if name in sys.modules:
+        return sys.modules[name]
+    kit = KIT_NAME.removesuffix(".py")
+    if name != kit:
+        kit_module(kit)  # every kit module may `import arkit`, at import or later
+    path = assets_dir() / f"{name}.py"
+    if not path.is_file():
+        raise MissingDataError(f"{path} is missing from the autoresearch install; reinstall autoresearch")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None  # a .py path always has a source loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]  # a failed import is not cached half-made
+        raise
+    return module
 
 
 def _read(path: Path) -> str:

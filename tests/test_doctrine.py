@@ -167,3 +167,15 @@ def test_method_follows_the_seed_decision_tree(fields, method, then):
     got = d.choose_method(fields)
     assert (got.method, got.then) == (method, then)
     assert got.why
+
+
+def test_method_from_armath_describe_fields_and_verifiable():
+    """armath.describe gives fields ["question", "answer"] and verifiable True for offline-math and gsm8k."""
+    assert d.choose_method(["question", "answer"], verifiable=True).then == ("grpo",)
+    assert d.choose_method(["question", "answer"]).then == ()
+
+
+def test_lr_for_our_own_gpt_is_never_calibrated_whatever_the_session_is_called():
+    assert d.lr_for_base("ours", "llama-pretrain run 3", 128).value is None
+    assert "our own GPT" in d.lr_for_base("ours", "x", 128).reason
+    assert d.lr_for_base("hf", "meta-llama/Llama-3.2-1B", 2048).value == pytest.approx(4.9082e-4, rel=5e-5)
