@@ -114,7 +114,7 @@ def test_offline_math_problems_are_verifiable_in_gsm8k_format():
     """Every step line is `a op b = <<a op b=c>>c` with c right (whole, >= 0) and chained; the last line is
     `#### c`; the gold is what extract_answer reads; the levels' step counts and operand sizes hold."""
     splits = am.load_splits("offline-math:train=2000,val=100,test=100,seed=3")
-    steps_of_level = {1: {1}, 2: {2}, 3: {1}, 4: {2, 3}}
+    steps_of_level = {1: 1, 2: 2, 3: 1, 4: 3}
     seen_levels = set()
     for split in splits.values():
         for it in split.items:
@@ -129,7 +129,7 @@ def test_offline_math_problems_are_verifiable_in_gsm8k_format():
                 assert value == int(c) >= 0, line
                 results.append(int(c))
             assert last == f"#### {results[-1]}" and it.gold == am.extract_answer(it.solution) == str(results[-1])
-            assert len(lines) in steps_of_level[it.level] or (it.level == 4 and len(lines) == 3)
+            assert len(lines) == steps_of_level[it.level]
             if it.level == 1:
                 assert all(int(x) <= 9 for x in STEP.fullmatch(lines[0]).groups()[:3:2])  # single-digit operands
             seen_levels.add(it.level)
@@ -155,6 +155,17 @@ def test_offline_math_splits_are_disjoint_deterministic_and_sized():
     other = am.load_splits("offline-math:levels=1-2,train=3000,val=150,test=200,seed=1")
     assert other["train"].items != splits["train"].items
     assert not {am.normalize_question(it.question) for it in other["train"].items} & set(norms["test"])
+
+
+def test_a_question_has_one_split_whatever_the_seed():
+    """Level 1's space is small enough that seeds redraw the same questions: each lands in one split only."""
+    where: dict[str, set[str]] = {}
+    for seed in range(6):
+        for name, split in am.load_splits(f"offline-math:levels=1,train=3000,val=50,test=200,seed={seed}").items():
+            for it in split.items:
+                where.setdefault(am.normalize_question(it.question), set()).add(name)
+    assert all(len(names) == 1 for names in where.values())
+    assert sum(len(n) for n in where.values()) < 6 * 3250  # the seeds did redraw questions
 
 
 def test_a_split_does_not_depend_on_the_other_sizes():
