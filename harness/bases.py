@@ -6,7 +6,8 @@ fixed side of a post-training target reads (assets/arbase.py `load_base`); it ne
     kind "ours"       model.pt, config.json, base_model.py (the checkpoint's train.py), tokenizer/
     kind "hf"         config.json, model.safetensors (or shards + index), the tokenizer files
 The fingerprint is the sha256 over the sorted lines `rel\\0sha256\\n` of `files`: the same content is the same
-base, whichever way it was reached. What `--base` accepts (`resolve_base`):
+base, whichever way it was reached. The base directory's base.json says how it was reached first; the BaseInfo a
+resolve returns (and so a workspace's base.json) says how it was reached this time: same files, same fingerprint. What `--base` accepts (`resolve_base`):
     ../my-pretrain-session   a workspace of ours: its best kept run's checkpoint (.autoresearch/checkpoints/run-N)
     DIR (config.json "model" key, model.pt, train.py)   a checkpoint directory of ours
     DIR (config.json, *.safetensors, tokenizer)        a local Hugging Face causal-LM directory
@@ -27,7 +28,7 @@ import shutil
 import struct
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -165,7 +166,7 @@ def _install(cache: Path, tmp: Path, *, kind: BaseKind, name: str, spec: str, or
     have = _existing(cache, fingerprint)
     if have is not None:
         shutil.rmtree(tmp, ignore_errors=True)
-        return have
+        return replace(have, spec=spec, origin=origin, name=name)
     try:
         tmp.rename(info.dir)
     except OSError:  # another resolve won the race: its base is this one
@@ -173,7 +174,7 @@ def _install(cache: Path, tmp: Path, *, kind: BaseKind, name: str, spec: str, or
         have = _existing(cache, fingerprint)
         if have is None:
             raise
-        return have
+        return replace(have, spec=spec, origin=origin, name=name)
     return info
 
 
@@ -197,8 +198,8 @@ def materialize_copy(cache: Path, plan: Mapping[str, Path], *, kind: BaseKind, n
     already in the cache costs only that: nothing is copied."""
     expect = {rel: sha256_file(src) for rel, src in plan.items()}
     have = _existing(cache, files_fingerprint(expect))
-    if have is not None:
-        return have
+    if have is not None:  # the same files: this base, reached this time through `spec`
+        return replace(have, spec=spec, origin=origin, name=name)
 
     def fill(tmp: Path) -> dict[str, Any]:
         for rel, src in plan.items():
