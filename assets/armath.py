@@ -292,7 +292,7 @@ def _step(a: int, op: str, b: int) -> tuple[int, str, int, int]:
 
 
 def _level1(r: random.Random, n: str, m: str, o: str) -> Problem:
-    a, b = r.randint(1, 9), r.randint(1, 9)
+    a, b = r.randint(2, 9), r.randint(2, 9)  # from 2: no "1 apples"
     t = r.randrange(4)
     if t == 0:
         return f"{n} has {a} {o}. {n} gets {b} more {o}. How many {o} does {n} have now?", [_step(a, "+", b)]
@@ -345,10 +345,10 @@ def _level4(r: random.Random, n: str, m: str, o: str) -> Problem:
         return q, [s1, s2, _step(s2[3], "+", d)]
     if t == 1:
         total = a * b
-        x = r.randint(1, total - 1)
+        x = r.randint(2, total - 2)
         d = r.randint(1, b - 1)
         q = (f"{n} has {x} {o} and {m} has {total - x} {o}. They put them together and share them equally "
-             f"among {a} kids. Each kid then loses {d} {o}. How many {o} does each kid have?")
+             f"among {a} kids. Then each kid gives away {d} of them. How many {o} does each kid have now?")
         s1 = _step(x, "+", total - x)
         s2 = _step(total, "/", a)
         return q, [s1, s2, _step(s2[3], "-", d)]
