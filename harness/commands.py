@@ -13,6 +13,7 @@ import json
 import math
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,7 +29,7 @@ from harness.ledger import Status
 from harness.loop import Controller, ControllerError, StopRules, WorkspaceLock, format_result, parse_until
 from harness.metrics import MAX_ABS
 from harness.sandbox import INSTALL_HINT, SandboxError
-from harness.session import InitError, Target, cuda_available, init_workspace, load_target
+from harness.session import DEFAULT_DATA, InitError, Target, cuda_available, init_workspace, load_target
 from harness.workspace import Workspace, WorkspaceError, short
 
 # SandboxError: `sandbox = "bwrap"` on a machine without a working bubblewrap, which the message says how to fix
@@ -71,19 +72,25 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise UserError(f"--base applies to targets that start from a base model (sft); {target.name} does not")
     # Everything init needs from outside (the base, its advice) is resolved before the workspace exists: a bad
     # --base leaves no half workspace behind.
+    # Paths given to --base and --data are relative to -C DIR (like git); the workspace gets them absolute.
+    if base_spec and not Path(base_spec).expanduser().is_absolute() and (base / base_spec).exists():
+        base_spec = str((base / base_spec).resolve())
+    if data and not Path(data).expanduser().is_absolute() and (base / data).exists():
+        data = str((base / data).resolve())
     existed = root.exists()
     generated: dict[str, bytes] = {}
-    base_info = None
+    base_info, after_copy = None, None
     if target.base == "required" and not args.resume:
         base_info = _resolve_init_base(base_spec, target.name)
         generated.update(bases.workspace_files(base_info))
-        # ADVICE (helper A): the doctrine's advice.json and the advised LR go here, e.g.
-        #   generated["advice.json"], after_copy = advise.for_init(base_info, data or DEFAULT_DATA)
+        advice_json, after_copy = _init_advice(base_info, data or DEFAULT_DATA)
+        generated["advice.json"] = advice_json
     try:
         cfg, done = init_workspace(
             root, target, tag=args.tag, resume=args.resume, budget_s=args.budget, timeout_s=args.timeout,
             checks=args.checks, revert=args.discard, dataset=args.dataset, data=data, name=args.name,
             overrides={k: v for k, v in _noise_overrides(args).items() if v is not None}, generated=generated,
+            after_copy=after_copy,
         )
     except BaseException:
         if not existed and root.exists():
@@ -117,6 +124,27 @@ def _resolve_init_base(spec: str | None, target: str) -> bases.BaseInfo:
             raise UserError(f"the {target} target starts from a base model: pass --base ../my-pretrain-session (a "
                             f"pretrain session of ours) or --base {bases.SMOLLM2}")
     return bases.resolve_base(spec, cache, say=lambda line: print(f"  {line}", flush=True))
+
+
+def _init_advice(info: bases.BaseInfo, data: str) -> tuple[bytes, Callable[[Path], list[str]]]:
+    """The doctrine's advice for the workspace (advice.json, fixed) and what init does with its learning rate:
+    train.py's `LR = ...` takes the advised rate where the rule is calibrated for the base, else stays."""
+    from harness import advise
+
+    try:
+        advice = advise.advise(info.dir, data, cache_dir=str(bases.cache_root()))
+    except advise.AdviceError as exc:
+        raise UserError(str(exc)) from None
+    lr = advice.lr
+
+    def set_lr(root: Path) -> list[str]:
+        train = root / "train.py"
+        if lr.value is None or not train.is_file():
+            return [f"kept train.py's own LR: {lr.reason}"]
+        train.write_text(advise.set_lr(train.read_text(encoding="utf-8"), lr.value), encoding="utf-8")
+        return [f"set LR = {lr.value:.4g} in train.py ({lr.reason})"]
+
+    return (json.dumps(advice.to_json(), indent=1) + "\n").encode(), set_lr
 
 
 # ------------------------------------------------------------------------- run

@@ -343,7 +343,7 @@ command = "python eval.py"
 prepare = "python prepare.py --data {data}"
 editable = ["train.py"]
 fixed = ["eval.py", "prepare.py"]
-kit = ["arbase.py"]
+kit = ["armath.py", "arbase.py"]
 base = "required"
 [metric]
 name = "val_accuracy"
@@ -358,9 +358,9 @@ def toy_assets(tmp_path: Path, monkeypatch) -> Path:
     folder.mkdir(parents=True)
     (folder / "target.toml").write_text(TOY_SFT)
     for name in ("train.py", "eval.py", "prepare.py"):
-        (folder / name).write_text(f"# {name}\nprint('METRIC val_accuracy=0.5')\n")
-    (tmp_path / "assets" / "arbase.py").write_text("# the kit's model side\n")
-    shutil.copy(ROOT / "assets" / "arkit.py", tmp_path / "assets" / "arkit.py")
+        (folder / name).write_text(f"# {name}\nLR = 0.001  # the doctrine may set it\nprint('METRIC val_accuracy=0.5')\n")
+    for name in ("arkit.py", "arbase.py", "armath.py"):  # the real kit: init's advice loads the base with it
+        shutil.copy(ROOT / "assets" / name, tmp_path / "assets" / name)
     shutil.copytree(ROOT / "assets" / "pretrain", tmp_path / "assets" / "pretrain")  # for the pretrain sessions
     monkeypatch.setattr(resources, "assets_dir", lambda: tmp_path / "assets")
     return tmp_path / "assets"
@@ -388,11 +388,15 @@ def test_init_writes_the_base_into_the_workspace_as_fixed_files_and_status_shows
     from harness import config as config_mod
 
     cfg = config_mod.load(ws)
-    assert cfg.fixed == ("eval.py", "prepare.py", "arbase.py", "arkit.py", "base.json", "base_model.py")
+    assert cfg.fixed == ("eval.py", "prepare.py", "armath.py", "arbase.py", "arkit.py", "base.json", "base_model.py",
+                         "advice.json")
+    advice = json.loads((ws / "advice.json").read_text())
+    assert advice["base"]["fingerprint"] == info.fingerprint and advice["completion_tokens"] > 0
+    assert "LR = 0.001" in (ws / "train.py").read_text() and "kept train.py's own LR" in out  # ours: not calibrated
     assert cfg.fixed_hashes["base.json"] == _sha(ws / "base.json")
     assert cfg.fixed_hashes["base_model.py"] == _sha(ws / "base_model.py")
     first = git(ws, "ls-tree", "-r", "--name-only", "main").split()
-    assert {"base.json", "base_model.py", "arbase.py"} <= set(first)  # in the init's first commit
+    assert {"base.json", "base_model.py", "advice.json", "arbase.py"} <= set(first)  # in the init's first commit
     capsys.readouterr()
     assert main(["-C", str(ws), "status"]) == 0
     status = capsys.readouterr().out
@@ -448,11 +452,14 @@ def test_init_with_cuda_defaults_to_smollm2_when_it_is_at_hand(toy_assets: Path,
     assert main(["-C", str(tmp_path / "no"), "init", "--target", "toysft"]) == 2  # CUDA, but no smollm2 here
     assert "--base smollm2-135m" in capsys.readouterr().err and not (tmp_path / "no").exists()
     _fake_smollm2_wheel(cache, tmp_path)
+    rows = [{"question": f"what is {a} + {a}", "answer": f"{a} + {a} = {2 * a}\n#### {2 * a}"} for a in range(40)]
+    (tmp_path / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     ws = tmp_path / "sft"
-    assert main(["-C", str(ws), "init", "--target", "toysft", "--data", "gsm8k"]) == 0
+    # --data relative to -C DIR, like git; the workspace's prepare command gets it absolute
+    assert main(["-C", str(tmp_path), "init", "sft", "--target", "toysft", "--data", "mine.jsonl"]) == 0
     record = json.loads((ws / "base.json").read_text())
     assert record["spec"] == "smollm2-135m" and record["kind"] == "hf" and not (ws / "base_model.py").exists()
-    assert 'prepare_command = "python prepare.py --data gsm8k"' in (ws / "autoresearch.toml").read_text()
+    assert f'prepare_command = "python prepare.py --data {tmp_path / "mine.jsonl"}"' in (ws / "autoresearch.toml").read_text()
 
 
 def test_a_bad_base_fails_init_before_the_workspace_exists(toy_assets: Path, tmp_path: Path, monkeypatch,
