@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from harness import integrity
+from harness import capacity, integrity
 from harness.config import Config
 from harness.executor import Executor
 from harness.gate import Sample
@@ -109,8 +109,16 @@ def not_a_repeat(p: Proposed) -> str | None:
     return f"duplicate: the same change as experiment #{seen.run} ({seen.description!r}, {seen.status})"
 
 
+def lora_capacity(p: Proposed) -> str | None:
+    """Post-training sessions (an advice.json): LoRA at train.py's rank holds the training set's completion
+    tokens (harness.capacity). It refuses only under `[session] capacity = "block"`; the controller records
+    the verdict in every run line either way."""
+    return capacity.refusal(p.root, p.cfg, capacity.mode_of(p.cfg))
+
+
 PreCheck = Callable[[Proposed], str | None]
-PRE_RUN: tuple[PreCheck, ...] = (changed_something, in_scope, plain_files, fixed_unchanged, audit, not_a_repeat)
+PRE_RUN: tuple[PreCheck, ...] = (changed_something, in_scope, plain_files, fixed_unchanged, audit, not_a_repeat,
+                                 lora_capacity)
 REPEATS: frozenset[PreCheck] = frozenset({not_a_repeat})  # refused as a discard; the agent is told once
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import git
 
-from harness import checks, gate, ledger, notes, records
+from harness import capacity, checks, gate, ledger, notes, records
 from harness.agents.base import Agent, AgentError, Proposal
 from harness.checks import normalized_diff_hash
 from harness.config import Config
@@ -225,12 +225,14 @@ class Controller:
                 refused, diff = self._screen(state, run)
             if refused is not None:
                 rec = self._record(run, self.ws.head(), {}, refused, proposal.description, proposal.asi, t0, diff,
-                                   agent_info, records.confidence_after(seg, None, refused.status), state=state)
+                                   agent_info, records.confidence_after(seg, None, refused.status),
+                                   self._capacity(), state=state)
                 ledger.append(self.ledger_path, rec)
                 self.ws.discard_working_changes(self.ws.changed_paths())
                 return IterationResult(rec, refused)
 
         # 3. commit: the state file goes first so a kill between the two is recognisable
+        cap = self._capacity()  # the tree holds what will run: the proposal, or the baseline's committed files
         parent = self.ws.head()
         st: dict[str, Any] = {
             "run": run, "phase": "committing", "parent": parent, "description": proposal.description,
@@ -260,6 +262,7 @@ class Controller:
             asi.setdefault("tail", failed.res.tail[-1500:])
         if baseline:
             m.extra["baseline"] = True
+        m.extra.update(cap)
 
         # 5. the ledger line commits the experiment; then undo what is not kept, and clear the journal.
         # A keep's held-out evaluation comes first, with the line it completes in the journal: a kill
@@ -402,6 +405,12 @@ class Controller:
             timestamp=int(now), segment=records.segment_index(state), confidence=confidence, asi=asi,
             reason=decision.reason, duration_s=now - t0, diff=diff, agent=agent, extra=extra,
         )
+
+    def _capacity(self) -> dict[str, Any]:
+        """Post-training sessions (an advice.json): the run line's `capacity` field for the train.py in the
+        tree (harness.capacity); nothing elsewhere."""
+        field = capacity.observe(self.root, self.cfg)
+        return {} if field is None else {"capacity": field}
 
     def _env(self, run: int) -> dict[str, str]:
         return {
