@@ -208,7 +208,8 @@ def render(a: Advice) -> str:
     bits = f"{c.bits_verdict}" + (f", rank {c.bits_min_rank} passes" if c.bits_min_rank else "")
     lines = [
         f"base               {b.get('name')} ({b.get('kind')}, fingerprint {str(b.get('fingerprint') or '')[:16]})",
-        f"data               {d.get('spec')} ({d.get('source')}; fields {'/'.join(d.get('fields', ()))})",
+        f"data               {d.get('spec')} (" + (f"{d.get('source')}; " if d.get("source") != d.get("spec") else "")
+        + f"fields {'/'.join(d.get('fields', ()))})",
         f"rows               {rows}",
         f"unparseable gold   {skipped} (skipped, never trained on or rewarded)"
         + (f"; {contaminated} eval items dropped as contaminated" if contaminated else ""),
