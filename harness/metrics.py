@@ -1,7 +1,8 @@
 """Parse what a run printed into metric values, in one pass and bounded memory.
 
 Two contracts are understood:
-- `METRIC name=value` lines (pi-autoresearch and the seed's plugin);
+- `METRIC name=value` lines (pi-autoresearch and the seed's plugin): names in pi's set (`METRIC_NAME`:
+  letters, digits, `_`, `.`, `µ`), an optional `# comment` after the value;
 - karpathy's summary block: a line `---` followed by `key:  value` lines.
 On duplicates the last occurrence wins, and a METRIC line beats a summary-block value of the same
 name regardless of order, because METRIC is the explicit contract.
@@ -22,7 +23,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+NAME = r"[A-Za-z_][A-Za-z0-9_]*"  # a summary-block key (karpathy's train.py prints identifiers)
+# A METRIC name: pi-autoresearch's set, `[\w.µ]+` in a JavaScript regex without the u flag, so ASCII word
+# characters, `.` and the micro sign U+00B5 (pi: extensions/pi-autoresearch/index.ts `parseMetricLines`; its
+# documented example is `METRIC total_µs=15200`). A superset of the seed plugin's `[a-zA-Z_][a-zA-Z0-9_]*`.
+METRIC_NAME = "[A-Za-z0-9_.\u00b5]+"
 MAX_ABS = 1e15  # no real metric reaches it, and it is far from float overflow (1.8e308)
 MAX_LINE_CHARS = 4096  # a longer line is never a metric line nor a `---`, and is not held
 MAX_NAMES = 256  # per contract: a run printing millions of distinct names cannot grow our memory
@@ -36,12 +41,19 @@ _BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 _TO_NEWLINE = str.maketrans(dict.fromkeys(_BREAKS[1:], "\n"))
 _RARE_BREAKS = re.compile(f"[{_BREAKS[1:]}]")
 _SP = r"[^\S\n]"  # whitespace within a line (\s would run on into the next line)
-# Tolerant of surrounding whitespace, strict about the name so both the pi-autoresearch and the
-# seed's regexes would accept what we accept. METRIC and `---` lines are found with str.find (fast:
-# most output is neither), summary lines with one regex over the text after the last `---` only.
-_METRIC_LINE = re.compile(rf"{_SP}*METRIC{_SP}+({NAME})=(\S+){_SP}*")
+# Tolerant of surrounding whitespace and of a trailing `# comment` after whitespace (the seed's SKILL.md
+# documents `METRIC total_ms=4230        # primary`), strict about the name (pi's set) and the value.
+# METRIC and `---` lines are found with str.find (fast: most output is neither), summary lines with one
+# regex over the text after the last `---` only.
+_METRIC_LINE = re.compile(rf"{_SP}*METRIC{_SP}+({METRIC_NAME})=(\S+)(?:{_SP}+#[^\n]*)?{_SP}*")
+_METRIC_NAME_RE = re.compile(METRIC_NAME)
 _DASHES_LINE = re.compile(rf"{_SP}*---{_SP}*")
 _SUMMARY_LINES = re.compile(rf"^{_SP}*({NAME}):{_SP}+(\S+){_SP}*$", re.MULTILINE)
+
+
+def is_metric_name(name: str) -> bool:
+    """Whether `METRIC name=value` can carry this name: pi's set, and not one pi refuses as an object key."""
+    return bool(_METRIC_NAME_RE.fullmatch(name)) and name not in _FORBIDDEN
 
 
 def parse_number(text: str) -> float | None:
