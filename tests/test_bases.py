@@ -51,7 +51,8 @@ def _sha(path: Path) -> str:
 # ------------------------------------------------------------------ our checkpoints
 
 
-def test_a_checkpoint_of_ours_becomes_a_base_with_its_model_code_and_tokenizer(trained, tmp_path: Path) -> None:
+def test_a_checkpoint_of_ours_becomes_a_base_with_its_model_code_and_tokenizer(trained, tmp_path: Path,
+                                                                               monkeypatch) -> None:
     cache = trained.root / "cache"
     info = resolve_base(str(trained.ckpt), cache)
     assert info.kind == "ours" and info.dir == cache / "bases" / info.fp16
@@ -72,8 +73,13 @@ def test_a_checkpoint_of_ours_becomes_a_base_with_its_model_code_and_tokenizer(t
     assert info.model["n_layer"] == config["model"]["n_layer"] and info.model["vocab_size"] == 512
     assert info.model["params"] == sum(t.numel() for t in state.values())
     assert info.model["data_fingerprint"] == config["fingerprint"]
-    # a second resolve is a no-op: the same directory, untouched, and no temporary directory left
+    # a second resolve is a no-op: nothing copied, the same directory untouched, no temporary directory left
     mtime = (info.dir / "base.json").stat().st_mtime_ns
+
+    def no_copy(src: Path, dst: Path) -> None:
+        raise AssertionError(f"copied {src} again")
+
+    monkeypatch.setattr(bases, "_link_or_copy", no_copy)
     again = resolve_base(str(trained.ckpt), cache)
     assert again == info and (info.dir / "base.json").stat().st_mtime_ns == mtime
     assert [p.name for p in (cache / "bases").iterdir()] == [info.fp16]
