@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from harness.contention import Machine, measure
 from harness.decision import Decision
 from harness.ledger import Calibration, Segment
 from harness.runner import RunResult
@@ -40,13 +41,21 @@ class Sample:
     train_s: float | None = None  # with a separate evaluation process: the run's own wall time (its training)
     eval_s: float | None = None  # that evaluation's wall time, which never counts against the budget
     tampered: tuple[str, ...] = ()  # fixed files the run changed in its own checkout
+    contended: str | None = None  # why the machine, not the code, made this sample (harness.contention)
+
+    @property
+    def machine(self) -> Machine:
+        """What the machine gave the run (its own process: the training, never the evaluation)."""
+        return measure(self.res.cpu_s, self.res.wall_s, self.res.gpu_others, self.metrics)
 
     def value(self, metric: str) -> float | None:
-        return None if self.failure or self.checks_failure else self.metrics.get(metric)
+        """The sample's metric, None when it cannot count: failed, or measured on a contended machine."""
+        return None if self.failure or self.checks_failure or self.contended else self.metrics.get(metric)
 
     def as_dict(self, metric: str) -> dict[str, Any]:
         return {"seed": self.seed, "metric": self.metrics.get(metric), "wall_s": round(self.res.wall_s, 3),
-                "exit_code": self.res.exit_code, "log": self.res.log_path.name}
+                "exit_code": self.res.exit_code, "log": self.res.log_path.name,
+                "cpu_share": self.machine.as_dict()["cpu_share"], **({"contended": self.contended} if self.contended else {})}
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,8 @@ class GateRules:
 def _failed(x: Sample, metric: str) -> str | None:
     if x.failure or x.checks_failure:
         return x.failure or x.checks_failure
+    if x.contended:
+        return f"contended: {x.contended}"
     return None if x.value(metric) is not None else f"no {metric}"
 
 
@@ -88,7 +99,8 @@ def replicate_groups(seg: Segment) -> list[list[float]]:
     groups = [list(seg.calibration.raw.get("values") or [])] if seg.calibration else []
     for r in seg.runs:
         if r.raw.get("samples") and not r.raw.get("baseline"):
-            groups.append([x["metric"] for x in r.raw["samples"] if isinstance(x.get("metric"), int | float)])
+            groups.append([x["metric"] for x in r.raw["samples"]
+                           if isinstance(x.get("metric"), int | float) and not x.get("contended")])
     return groups
 
 

@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
+from harness.contention import GpuWatch
 from harness.metrics import MetricScanner
 from harness.procgroup import KILL_WAIT_S, TOKEN_VAR, RunTree, terminate, with_parent_death
 from harness.progress import Display
@@ -57,6 +58,10 @@ class RunResult:
     metrics: dict[str, float] = field(default_factory=dict)  # metrics.parse_metrics of all the output
     # every distinct value each METRIC name was printed with, in order (at most metrics.MAX_VALUES)
     metric_values: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # CPU seconds (user + system) the run's process tree used: the rusage of the reaped children, taken
+    # around the run (harness.contention divides it by wall_s); None when not measured
+    cpu_s: float | None = None
+    gpu_others: tuple[str, ...] = ()  # "pid name" of processes outside the run that used the GPU during it
 
     @property
     def ok(self) -> bool:
@@ -249,6 +254,21 @@ def _children_maxrss_bytes() -> int:
     return maxrss if sys.platform == "darwin" else maxrss * 1024
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds used so far by every reaped descendant (and theirs): the run's share is the difference
+    around it. Only the run is reaped meanwhile: the controller runs one command at a time."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _carries_token(pid: int, entry: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return entry in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
 def _child_env(extra: Mapping[str, str], token: str, inherit: bool) -> dict[str, str]:
     if not inherit:  # the caller's allowlist, PATH included (the sandbox computes it)
         return {"PYTHONUNBUFFERED": "1", **extra, TOKEN_VAR: token}
@@ -334,6 +354,7 @@ def run_command(
         log.flush()
         token = secrets.token_hex(8)
         maxrss_before = _children_maxrss_bytes()
+        cpu_before = _children_cpu_s()
         t0 = time.monotonic()
         child_env = _child_env(env, token, inherit_env)
         args = ["/bin/bash", "-c", command] if argv is None else list(argv)
@@ -360,6 +381,9 @@ def run_command(
         scrubber = StreamScrubber(redact) if redact else None
         reader = _Reader(proc.stdout, log, tail_lines, log_cap_bytes, scrubber)
         reader.start()
+        entry = f"{TOKEN_VAR}={token}".encode()
+        gpu = GpuWatch(lambda pid: pid in tree.seen or _carries_token(pid, entry))
+        gpu.start()
 
         def find() -> dict[int, int]:
             proc.poll()  # reap the root early; pids are allocated cyclically, so its pgid is not reused
@@ -373,6 +397,8 @@ def run_command(
             found, stubborn, survived = terminate(proc.pid, grace_s, find)
             code = proc.wait()
             wall_s = time.monotonic() - t0
+            cpu_s = _children_cpu_s() - cpu_before
+            gpu_others = gpu.finish()
             got_eof = reader.finish(wait_s=2.0)
             proc.stdout.close()
             notes = describe_end(outcome, timeout_s, grace_s, found, stubborn, survived, got_eof)
@@ -408,4 +434,6 @@ def run_command(
         log_path,
         reader.scanner.result(),
         reader.scanner.metric_values(),
+        cpu_s,
+        gpu_others,
     )
