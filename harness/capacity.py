@@ -36,10 +36,8 @@ METHOD_TARGETS = frozenset({"sft", "dpo", "grpo"})  # a post-training target's n
 
 
 def mode_of(cfg: Config) -> CapacityMode:
-    """`[session] capacity`: "warn" (the default) or "block"."""
-    # getattr: the key is new in config.py (harness.config.Config.capacity); "warn" where it is absent
-    mode = getattr(cfg, "capacity", "warn")
-    return "block" if mode == "block" else "warn"
+    """`[session] capacity`: "warn" (the default) or "block" (harness.config validates it)."""
+    return cfg.capacity
 
 
 def method_of(cfg: Config, advice: Advice) -> str:

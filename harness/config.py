@@ -26,6 +26,8 @@ MetricSource = Literal["stdout", "result_file"]
 # "off" = in the workspace itself (no isolation at all; for debugging a target).
 SandboxMode = Literal["auto", "bwrap", "checkout", "off"]
 SANDBOX_MODES: tuple[str, ...] = ("auto", "bwrap", "checkout", "off")
+# Post-training (harness.capacity): "warn" records a LoRA under capacity, "block" refuses the proposal.
+CapacityMode = Literal["warn", "block"]
 
 
 class ConfigError(Exception):
@@ -96,6 +98,8 @@ class Config:
     inputs: tuple[str, ...] = ()  # workspace paths git ignores (data/, .venv/) that runs see read-only
     evaluate: str | None = None  # the fixed evaluation: its own process, from the run's checkpoint
     log_cap_mb: float = 64.0  # a run's log on disk stops growing here (the output is still read)
+    # --- post-training (README "Base models"): a proposal whose LoRA is under capacity is recorded, or refused
+    capacity: CapacityMode = "warn"
 
     @property
     def effective_timeout_s(self) -> float:
@@ -136,6 +140,7 @@ _COMMENTS = {
     "evaluate": "the fixed evaluation, a separate process reading the run's checkpoint; it alone reports the metric",
     "env": "extra environment variables passed to runs (secrets never are)",
     "inputs": "ignored workspace paths mounted read-only into each run's checkout",
+    "capacity": '"warn" (record a LoRA under capacity) or "block" (refuse the proposal)',
 }
 
 
@@ -214,7 +219,8 @@ def _type_problems(cfg: Config) -> list[str]:
     """Values of the wrong TOML type (`time_budget_s = "300"`), found before any check
     compares or strips them."""
     want = {
-        "a string": (lambda x: isinstance(x, str), ("name", "command", "target", "agent", "revert", "branch")),
+        "a string": (lambda x: isinstance(x, str), ("name", "command", "target", "agent", "revert", "branch",
+                                                   "capacity")),
         "a string or absent": (lambda x: x is None or isinstance(x, str),
                                ("checks_command", "prepare_command", "model", "heldout_metric", "heldout_command",
                                 "evaluate")),
@@ -295,6 +301,8 @@ def validate(cfg: Config, where: str = CONFIG_NAME) -> None:
         problems.append(f"sandbox must be one of {', '.join(SANDBOX_MODES)}, not {cfg.sandbox!r}")
     if not (cfg.log_cap_mb > 0):
         problems.append("log_cap_mb must be > 0")
+    if cfg.capacity not in ("warn", "block"):
+        problems.append(f"capacity must be warn or block, not {cfg.capacity!r}")
     for name in cfg.env:
         if not _ENV_NAME.fullmatch(name):
             problems.append(f"env: {name!r} is not an environment variable name")

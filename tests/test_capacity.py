@@ -7,7 +7,6 @@ Run: .venv/bin/python -m pytest -q tests/test_capacity.py
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -73,17 +72,10 @@ class RankAgent:
         return Proposal(f"LORA_RANK {r}", {"hypothesis": "scripted"})
 
 
-@dataclasses.dataclass(frozen=True)
-class BlockingConfig(config_mod.Config):
-    """A session with `[session] capacity = "block"` (the key harness.capacity.mode_of reads)."""
-
-    capacity: str = "block"
-
-
 def controller(root: Path, executor, clock, *, block: bool = False) -> Controller:
     cfg = config_mod.load(root)
     if block:
-        cfg = BlockingConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(config_mod.Config)})
+        cfg = config_mod.with_overrides(cfg, capacity="block")  # `[session] capacity = "block"`
     return Controller(root, cfg, executor=executor, clock=clock, printer=[].append, progress=False)
 
 
