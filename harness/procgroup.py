@@ -26,6 +26,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+# Popen keyword arguments for a helper process of the controller (git, a probe; not the experiment, which
+# the runner starts in a session of its own): a process group of its own, in the same session. A terminal
+# sends Ctrl-C's SIGINT to its foreground process group, which is the controller's: a helper in it died
+# of the signal mid-step. Outside that group it always completes, and the controller alone decides what the
+# Ctrl-C means (finish the run, or abandon it at a second one).
+HELPER_POPEN: Mapping[str, int] = {"process_group": 0}
 KILL_WAIT_S = 5.0  # after SIGKILL, how long to wait for the processes to be gone
 TOKEN_VAR = "AUTORESEARCH_RUN_TOKEN"
 _HAVE_PROC = os.path.isdir("/proc/self")

@@ -10,6 +10,10 @@ takes `.git/index.lock` for a moment. Every git write here waits such a lock out
 backoff. A lock is deleted only when no live process can own it (see `lock_owners`), so
 a lock whose owner is alive is never deleted; one still held after `lock_wait_s` ends the
 write with a `WorkspaceError` that names the owner.
+
+Every git process starts in a process group of its own (`ShieldedGit`), so the terminal's Ctrl-C,
+which goes to the controller's whole foreground process group, never reaches git: the controller
+decides what a Ctrl-C means (harness.stoprules), and a git step it starts always completes.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import git
+
+from harness.procgroup import HELPER_POPEN
 
 STATE_DIR = ".autoresearch"
 LOCK_WAIT_FIRST_S = 0.05  # first backoff step while another process holds .git/index.lock
@@ -172,6 +178,23 @@ def hardened_git_env(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+class ShieldedGit(git.Git):
+    """GitPython's git, every process of which (the long-lived `cat-file --batch` ones too) runs in a
+    process group of its own. A terminal sends Ctrl-C's SIGINT to its whole foreground process group:
+    a git in the controller's group died of it mid-step, and the next git call failed with
+    BrokenPipeError on its dead `cat-file`, a traceback instead of the clean stop the controller was
+    making (README "Stopping")."""
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:  # all of GitPython's overloads, passed through
+        return super().execute(*args, **{**HELPER_POPEN, **kwargs})
+
+
+class ShieldedRepo(git.Repo):
+    """A repository whose git commands are `ShieldedGit`'s (`Repo.init` and every command on the repository)."""
+
+    GitCommandWrapperType = ShieldedGit
+
+
 class Workspace:
     """A git work tree rooted at `root` (the session directory). Every git call runs with hooks and
     fsmonitor off (`hardened_git_env`)."""
@@ -189,7 +212,7 @@ class Workspace:
         self.lock_wait_s = lock_wait_s
         self.say = say  # where a removed stale lock is reported
         try:
-            self.repo = git.Repo(self.root)
+            self.repo: git.Repo = ShieldedRepo(self.root)
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
             raise WorkspaceError(f"{self.root} is not a git repository") from None
         if Path(self.repo.working_tree_dir or "").resolve() != self.root:
@@ -205,7 +228,7 @@ class Workspace:
     def create_or_adopt(cls, root: Path) -> Workspace:
         root.mkdir(parents=True, exist_ok=True)
         try:
-            enclosing = git.Repo(root, search_parent_directories=True)
+            enclosing = ShieldedRepo(root, search_parent_directories=True)
             top = Path(enclosing.working_tree_dir or "").resolve()
             if top != root.resolve():
                 raise WorkspaceError(
@@ -213,7 +236,7 @@ class Workspace:
                     "level or choose a directory outside it"
                 )
         except git.InvalidGitRepositoryError:
-            git.Repo.init(root, initial_branch="main")
+            ShieldedRepo.init(root, initial_branch="main")
         return cls(root)
 
     def _ensure_identity(self) -> None:
