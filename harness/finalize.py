@@ -124,10 +124,10 @@ def metric_change(keeps: Sequence[Keep]) -> list[str]:
 
 
 def commit_message(keeps: Sequence[Keep], files: Sequence[str], session_branch: str, n_groups: int) -> str:
-    if len(keeps) == 1:
-        title = shorten(keeps[0].description, 72)
-    else:
-        title = shorten(f"{keeps[0].description} (+{len(keeps) - 1} more kept experiments)", 72)
+    # git's subject line: at most 72 characters, cut at a word (`points.shorten`), the count of
+    # the other kept experiments always whole
+    more = "" if len(keeps) == 1 else f" (+{len(keeps) - 1} more kept experiments)"
+    title = shorten(keeps[0].description, 72 - len(more)) + more
     lines = [title, "", *metric_change(keeps), ""]
     if n_groups > 1:
         lines += ["(measured in sequence on the session branch, on top of the other groups'",

@@ -36,11 +36,45 @@ class ControllerError(Exception):
 
 
 class LockedError(ControllerError):
-    """Another controller is working in the workspace; `holder` is its pid as the lock file says."""
+    """Another controller is working in the workspace; `holder` is its pid as the lock file says
+    ("" when it could not be read: a holder that writes none)."""
 
-    def __init__(self, message: str, holder: str = "?"):
+    def __init__(self, message: str, holder: str = ""):
         super().__init__(message)
         self.holder = holder
+
+    @property
+    def who(self) -> str:
+        """"pid 1234", or "another process" when the pid is unknown: never "pid ?"."""
+        return f"pid {self.holder}" if self.holder else "another process"
+
+
+_PID_WIDTH = 20  # the pid is written padded to this width in one pwrite: a reader never sees a part of it
+HOLDER_PATIENCE_S = 0.5  # how long a reader waits for a holder that just took the lock to write its pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user's
+    return True
+
+
+def read_holder(fd: int, patience_s: float = HOLDER_PATIENCE_S) -> str:
+    """The pid of the lock's holder as the lock file says, "" when unknown. A holder writes its
+    pid just after it takes the lock, so an empty file, or the pid of a dead earlier holder
+    still there, is read again for up to `patience_s` before giving up."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        if text.isdigit() and _alive(int(text)):
+            return text
+        if time.monotonic() >= deadline:
+            return ""
+        time.sleep(0.01)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -77,19 +111,22 @@ class WorkspaceLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                # read each time: the holder writes its pid just after it takes the lock ("pid ?" otherwise)
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
                 if time.monotonic() >= deadline:
+                    holder = read_holder(fd)
                     os.close(fd)
+                    who = f"pid {holder}" if holder else "another process"
                     raise LockedError(
-                        f"another autoresearch controller (pid {holder}) is working in {self.path.parent.parent}; "
+                        f"another autoresearch controller ({who}) is working in {self.path.parent.parent}; "
                         "wait for it or stop it (Ctrl-C) first", holder) from None
                 if not told and self.on_wait is not None:
-                    self.on_wait(f"waiting up to {self.wait_s:g} s for the workspace lock, held by pid {holder}")
+                    holder = read_holder(fd)
+                    self.on_wait(f"waiting up to {self.wait_s:g} s for the workspace lock, held by "
+                                 f"{f'pid {holder}' if holder else 'another process'}")
                     told = True
                 time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        # one write that covers whatever an earlier holder left, never an empty file in between
+        os.pwrite(fd, str(os.getpid()).encode().ljust(_PID_WIDTH), 0)
+        os.ftruncate(fd, _PID_WIDTH)
         self.fd = fd
         return self
 

@@ -13,6 +13,8 @@ overflows, and never a field of the wrong type.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -69,8 +71,62 @@ def fmt(v: float | None, digits: int = 6) -> str:
 
 
 def shorten(text: str, n: int) -> str:
+    """`text` on one line in at most `n` characters: cut at the last word boundary that keeps
+    at least half of it (mid-word only for a word longer than that), then "…"."""
     text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
+    if len(text) <= n:
+        return text
+    cut = text[: n - 1]
+    space = cut.rfind(" ")
+    if space >= (n - 1) // 2 and text[n - 1] != " ":
+        cut = cut[:space]
+    return cut.rstrip(" ,;:-–—(") + "…"
+
+
+def pct_text(imp: float | None) -> str:
+    """An improvement in percent (`pct`) as words: "2.68% better", "0.50% worse", "-" when
+    undefined. The number is the gain in the metric's direction divided by |baseline|
+    (`stats.improvement_pct`), so a negative metric reads right: -0.14 -> -0.0001 with higher
+    is better is "99.93% better", with lower is better "99.93% worse"; never a bare "+99.93%"
+    that reads as the value's own change."""
+    if imp is None:
+        return "-"
+    return f"{abs(imp):.2f}% {'better' if imp >= 0 else 'worse'}"
+
+
+# C0 and C1 control characters and DEL, and the bidirectional overrides and isolates (text that
+# reorders what follows it on screen). Tab and newline are spacing, and become a space.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: object) -> str:
+    """`text` safe to print on a terminal: an agent's description or ASI may hold raw escape
+    sequences (colours, cursor moves, a terminal title, OSC 52 clipboard writes), so every
+    control character is shown as a visible escape (ESC as "\\x1b") and tab and newline as a
+    space. The ledger keeps the text as written; this is for display only."""
+    s = str(text)
+    if s.isprintable():  # the common case, in C
+        return s
+    s = s.replace("\t", " ").replace("\n", " ").replace("\r", " ")
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), s)
+
+
+def heldout_value(r: RunRecord, name: str) -> float | None:
+    """The run's held-out metric `name` (evaluated for kept runs only), or None."""
+    h = r.raw.get("heldout")
+    return number(h.get(name)) if isinstance(h, dict) else None
+
+
+def heldout_name(runs: Iterable[RunRecord]) -> str | None:
+    """The held-out metric's name, from the first run that has one (the ledger records it per
+    kept run; the config is not needed to show it)."""
+    for r in runs:
+        h = r.raw.get("heldout")
+        if isinstance(h, dict):
+            name = next((k for k in h if k != "error"), None)
+            if name is not None:
+                return str(name)
+    return None
 
 
 def kept_improvements(state: LedgerState) -> int:
