@@ -13,7 +13,8 @@ operators and weights, as data) and never imports this file.
 
 The same file runs on CUDA (bf16 autocast, torch.compile, FA3 if installed locally, else FlexAttention),
 on CPU (fp32, eager, SDPA) and on Apple MPS. Environment, all optional and set by the harness:
-AUTORESEARCH_TIME_BUDGET (training seconds, default 300), AUTORESEARCH_SEED (default 42),
+AUTORESEARCH_TIME_BUDGET (training seconds, default 300), AUTORESEARCH_TOKEN_BUDGET (when set: train on this many
+tokens instead, whatever the time; `[session] budget = "tokens"`), AUTORESEARCH_SEED (default 42),
 AUTORESEARCH_CHECKPOINT (directory for the final model, default ~/.cache/autoresearch/pretrain/checkpoint),
 AUTORESEARCH_DATASET (default: the dataset prepared last), AUTORESEARCH_CACHE_DIR.
 """
@@ -33,6 +34,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from prepare import CHECKPOINT_DIR, MAX_SEQ_LEN, SEED, TIME_BUDGET, Tokenizer, load_prepared, make_dataloader
+
+# A token budget, for machines shared by nature: stop after this many training tokens instead of TIME_BUDGET
+# seconds (never more: the harness checks total_tokens_M against it). 0 = the time budget.
+TOKEN_BUDGET = int(os.environ.get("AUTORESEARCH_TOKEN_BUDGET") or 0)
 
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these directly; there are no command-line flags)
@@ -799,6 +804,8 @@ def main() -> None:
     if total_batch % tokens_per_micro:
         sys.exit(f"error: total_batch {total_batch} is not a multiple of device_batch * MAX_SEQ_LEN = {tokens_per_micro}")
     accum_steps = total_batch // tokens_per_micro
+    if TOKEN_BUDGET and total_batch > TOKEN_BUDGET:
+        sys.exit(f"error: the token budget {TOKEN_BUDGET:,} is less than one step ({total_batch:,} tokens)")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     peak_flops = gpu_peak_flops(device_name) if device.type == "cuda" else None
 
@@ -808,7 +815,7 @@ def main() -> None:
     say(f"data: {prepared.dataset} (fingerprint {prepared.fingerprint}, vocab {vocab_size})")
     say(f"model: depth {depth}, dim {model_dim}, heads {config.n_head}, windows {config.windows()}, params {num_params / 1e6:.2f}M")
     say(f"batch: {device_batch} x {MAX_SEQ_LEN} tokens x {accum_steps} accumulation = {total_batch:,} tokens/step")
-    say(f"budget: {TIME_BUDGET:.0f}s of training, seed {SEED}")
+    say(f"budget: {f'{TOKEN_BUDGET:,} tokens' if TOKEN_BUDGET else f'{TIME_BUDGET:.0f}s'} of training, seed {SEED}")
 
     loader = make_dataloader(tokenizer, device_batch, MAX_SEQ_LEN, "train", device=device)
     x, y, epoch = next(loader)
@@ -829,7 +836,7 @@ def main() -> None:
                 loss = train_model(x, y)
             (loss / accum_steps).backward()
             x, y, epoch = next(loader)
-        progress = min(training_time / TIME_BUDGET, 1.0)
+        progress = min(step * total_batch / TOKEN_BUDGET if TOKEN_BUDGET else training_time / TIME_BUDGET, 1.0)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lr_multiplier(progress)
             if group["kind"] == "muon":
@@ -860,15 +867,16 @@ def main() -> None:
             last_log = now
             tok_per_s = total_batch / dt
             mfu = 100 * flops_per_token * tok_per_s / peak_flops if peak_flops else 0.0
+            left = (f"{TOKEN_BUDGET - (step + 1) * total_batch:,} tokens" if TOKEN_BUDGET
+                    else f"{max(0.0, TIME_BUDGET - training_time):.0f}s")
             line = (
                 f"step {step:05d} ({100 * progress:5.1f}%) | loss {smoothed:.4f} | lrm {lr_multiplier(progress):.2f} | "
-                f"dt {1000 * dt:.0f}ms | tok/s {tok_per_s:,.0f} | mfu {mfu:.1f}% | epoch {epoch} | "
-                f"left {max(0.0, TIME_BUDGET - training_time):.0f}s"
+                f"dt {1000 * dt:.0f}ms | tok/s {tok_per_s:,.0f} | mfu {mfu:.1f}% | epoch {epoch} | left {left}"
             )
             say(f"\r{line}   " if tty else line, end="" if tty else "\n")
         step += 1
-        if training_time >= TIME_BUDGET:
-            break
+        if (step + 1) * total_batch > TOKEN_BUDGET if TOKEN_BUDGET else training_time >= TIME_BUDGET:
+            break  # a token budget stops before the step that would exceed it
     if tty:
         say()
 
@@ -886,7 +894,7 @@ def main() -> None:
     program = export_model(model, eval_batch, device, use_bf16)
     checkpoint = {
         "dataset": prepared.dataset, "fingerprint": prepared.fingerprint, "num_steps": step, "seed": SEED,
-        "preset": preset_name, "time_budget": TIME_BUDGET, "training_seconds": training_time,
+        "preset": preset_name, "time_budget": TIME_BUDGET, "token_budget": TOKEN_BUDGET, "training_seconds": training_time,
         "device_batch": device_batch, "eval_batch": eval_batch, "sequence_len": MAX_SEQ_LEN, "device": device.type,
         "precision": "bf16 autocast" if use_bf16 else "fp32", "attention": attention.name, "exported_attention": "sdpa",
     }
