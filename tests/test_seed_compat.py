@@ -42,6 +42,8 @@ SEED_RESULT = ["--run", "5", "--commit", "abc1234", "--metric", "4230", "--statu
 def sh(script: Path, *args: str, cwd: Path, stdin: str = "", env: dict[str, str] | None = None,
        ) -> subprocess.CompletedProcess[str]:
     base = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(cwd)}
+    if "PYTHONPATH" in os.environ:  # a harness checkout other than the installed one (python3 -I ignores it)
+        base["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return subprocess.run(["bash", str(script), *args], cwd=cwd, input=stdin, capture_output=True, text=True,
                           env={**base, **(env or {})}, timeout=60)
 
@@ -107,7 +109,8 @@ def test_parse_metrics_reads_karpathys_summary_block(tmp_path: Path) -> None:
 # A corpus the bash script and harness/metrics.py must read alike: names (pi's set), values near the
 # limits, whitespace, \r line ends, duplicates, blocks.
 CORPUS = [
-    "METRIC total_µs=15200\nMETRIC compile.ms=4200\nMETRIC 1abc=3\nMETRIC a-b=1\nMETRIC =1\nMETRIC μs=2\n",
+    "METRIC total_µs=15200\nMETRIC compile.ms=4200\nMETRIC 1abc=3\nMETRIC a-b=1\nMETRIC =1\nMETRIC μs=2\n"
+    "METRIC total_ms=4230   # primary\nMETRIC glued=1#x\nMETRIC after=2 # a # b\n",
     "METRIC x=999999999999999.9\nMETRIC y=999999999999999.9375\nMETRIC z=999999999999999.93749\n"
     "METRIC w=-99999999999999.99999\nMETRIC v=0.000001e20\nMETRIC u=1e-99999999\nMETRIC t=00000.5e+0014\n"
     "METRIC s=+.5\nMETRIC r=5.\nMETRIC q=0e999999999\nMETRIC p=1e0000000000000000000014\n",
