@@ -105,7 +105,7 @@ def test_tsv_parse_errors_name_the_line() -> None:
         ("commit,val_bpb\n", "line 1 must be the header"),
         (head, "no rows"),
         (head + "abc\t1.0\t2.0\tkept\tx\n", "line 2: status must be"),
-        (head + "abc\tnan?\t2.0\tkeep\tx\n", "line 2: val_bpb and memory_gb must be numbers"),
+        (head + "abc\tnan?\t2.0\tkeep\tx\n", "line 2: a keep row needs a finite number in val_bpb"),
         (head + "\nabc\t1.0\t2.0\tkeep\tx\ty\n", "line 3 has 6 tab-separated fields"),
     ]:
         with pytest.raises(tsv.TSVError, match=re.escape(msg)):
