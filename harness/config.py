@@ -339,3 +339,166 @@ def save(root: Path, cfg: Config) -> None:
 def with_overrides(cfg: Config, **changes: Any) -> Config:
     """A copy with the non-None changes applied (CLI flags over the file)."""
     return replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+
+
+# ------------------------------------------------------------------- the key table (`autoresearch config`)
+
+# How a key's value is written on the command line: "str", "str?" (none or "" unsets it), "num", "num?",
+# "int", "bool", "list" (a TOML array, or comma-separated).
+KeyKind = Literal["str", "str?", "num", "num?", "int", "bool", "list"]
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str  # as `autoresearch config` spells it: a [session] key, or metric.name / metric.unit / metric.direction
+    kind: KeyKind
+    help: str
+    meaning: bool = False  # a change alters what the metric means: the runs before it are not comparable
+
+
+_KEY_TABLE: tuple[Key, ...] = (
+    Key("name", "str", "a human title for the session"),
+    Key("command", "str", "how to run one experiment; it must print METRIC name=value lines", meaning=True),
+    Key("metric.name", "str", "the primary metric, as its METRIC line names it", meaning=True),
+    Key("metric.unit", "str", "its unit (shown only)"),
+    Key("metric.direction", "str", "lower or higher: which way is better", meaning=True),
+    Key("editable", "list", "the only files the agent may change"),
+    Key("fixed", "list", "files that define the evaluation, hashed; setting it hashes them again as they are now",
+        meaning=True),
+    Key("target", "str", "the target the session was made from (shown only)"),
+    Key("time_budget_s", "num", "the training time budget per run (AUTORESEARCH_TIME_BUDGET)", meaning=True),
+    Key("timeout_s", "num?", "hard kill of the run's process group (none: max(2x budget, budget+300))"),
+    Key("checks_command", "str?", "correctness checks after each run, e.g. bash autoresearch.checks.sh"),
+    Key("checks_timeout_s", "num", "how long the checks may take"),
+    Key("prepare_command", "str?", "one-time preparation before the first baseline"),
+    Key("agent", "str", "auto, mutate, claude or external: who proposes experiments"),
+    Key("model", "str?", "the LLM agent's model"),
+    Key("seed", "int", "passed to runs as AUTORESEARCH_SEED"),
+    Key("tolerance", "num", "an improvement must beat the best by more than this to be kept"),
+    Key("revert", "str", "revert (git revert, keeps history) or reset (karpathy style)"),
+    Key("max_failure_streak", "int", "stop after this many consecutive non-keeps"),
+    Key("learn_every", "int", "LLM agents rewrite the notes' learnings every N experiments (0 = never)"),
+    Key("metric_source", "str", "stdout, or result_file (the primary metric only via AUTORESEARCH_RESULT_FILE)"),
+    Key("startup_allowance_s", "num", "training may run this long beyond the budget (start-up, compile) ..."),
+    Key("startup_allowance_frac", "num", "... plus this share of the budget"),
+    Key("eval_allowance_s", "num", "stdout targets: the in-process evaluation's share of the wall time"),
+    Key("audit", "bool", "statically audit each proposal's diff for known ways of gaming the metric"),
+    Key("calibrate", "int", "run a segment's baseline this many times (0 = off, else >= 2) to measure the noise"),
+    Key("confirm", "int", "with calibration, re-runs allowed to confirm a candidate (>= 1)"),
+    Key("min_effect_sigma", "num", "a mean gain must exceed this many standard errors of the difference"),
+    Key("heldout_metric", "str?", "a second metric, never used for decisions, evaluated for kept runs"),
+    Key("heldout_command", "str?", "how to evaluate it (gets AUTORESEARCH_CHECKPOINT of the kept run)"),
+    Key("branch", "str", "the session's branch"),
+    Key("sandbox", "str", "auto, bwrap, checkout or off: where runs happen"),
+    Key("network", "bool", "runs (and the evaluation) see the network"),
+    Key("env", "list", "names of further environment variables the runs get (never secrets)"),
+    Key("inputs", "list", "ignored workspace paths (data/, .venv/) that runs see read-only"),
+    Key("evaluate", "str?", "the fixed evaluation: its own process, reading the run's checkpoint", meaning=True),
+    Key("log_cap_mb", "num", "a run's log on disk stops growing here"),
+    Key("capacity", "str", "post-training: warn (record a LoRA under capacity) or block (refuse the proposal)"),
+)
+KEYS: dict[str, Key] = {k.name: k for k in _KEY_TABLE}
+# Not set with `config KEY VALUE`, but a hand edit of autoresearch.toml may change them: recorded as changes too.
+# fixed_hashes changes when a fixed file is accepted as it now is, which changes what the metric means.
+DERIVED = ("fixed_hashes", "guards")
+MEANING = frozenset({*(k.name for k in _KEY_TABLE if k.meaning), "fixed_hashes"})
+
+
+def _session_keys_covered() -> None:
+    """Every [session] key of Config is in the table (checked at import: a new key must say how it is set)."""
+    missing = {f.name for f in fields(Config)} - set(KEYS) - {"metric", *DERIVED}
+    assert not missing, f"harness.config KEYS lacks {sorted(missing)}"
+
+
+_session_keys_covered()
+
+
+def _key(name: str) -> Key:
+    try:
+        return KEYS[name]
+    except KeyError:
+        known = ", ".join(KEYS)
+        hint = " (fixed_hashes is written by autoresearch: set fixed to hash the fixed files again)" \
+            if name == "fixed_hashes" else ""
+        raise ConfigError(f"unknown key {name!r}{hint}; the keys are: {known}") from None
+
+
+def get(cfg: Config, name: str) -> Any:
+    """The value of key `name` (`metric.direction` reads cfg.metric.direction)."""
+    _key(name)
+    if name.startswith("metric."):
+        return getattr(cfg.metric, name.split(".", 1)[1])
+    return getattr(cfg, name)
+
+
+def show(value: Any) -> str:
+    """A key's value as autoresearch.toml writes it; `none` for an unset one."""
+    return "none" if value is None else _toml_value(value)
+
+
+def parse_value(name: str, text: str) -> Any:
+    """The command line's text for key `name` as the key's type (validation comes after, on the whole config)."""
+    kind = _key(name).kind
+    t = text.strip()
+    if kind in ("str?", "num?") and t.lower() in ("", "none"):
+        return None
+    try:
+        if kind in ("num", "num?"):
+            return float(t)
+        if kind == "int":
+            return int(t)
+    except ValueError:
+        raise ConfigError(f"{name} must be {'an integer' if kind == 'int' else 'a number'}, not {text!r}") from None
+    if kind == "bool":
+        if t.lower() in ("true", "yes", "on", "1"):
+            return True
+        if t.lower() in ("false", "no", "off", "0"):
+            return False
+        raise ConfigError(f"{name} must be true or false, not {text!r}")
+    if kind == "list":
+        if t.startswith("["):
+            try:
+                v = tomllib.loads(f"v = {t}")["v"]
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{name}: not a TOML array: {exc}") from None
+            return tuple(v)
+        return tuple(p for p in re.split(r"[,\s]+", t) if p)
+    return text
+
+
+def set_value(cfg: Config, name: str, value: Any) -> Config:
+    """A copy with key `name` set to `value`, validated as a whole."""
+    _key(name)
+    if name.startswith("metric."):
+        new = replace(cfg, metric=replace(cfg.metric, **{name.split(".", 1)[1]: value}))
+    else:
+        new = replace(cfg, **{name: value})
+    validate(new, f"{name} = {show(value)}")
+    return new
+
+
+def _plain(v: Any) -> Any:
+    """A value as JSON holds it (for the ledger's record of a change)."""
+    if isinstance(v, tuple | list):
+        return [_plain(x) for x in v]
+    if isinstance(v, Guard):
+        return asdict(v)
+    if isinstance(v, float) and math.isinf(v):
+        return str(v)
+    return v
+
+
+def changes(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
+    """What differs between two configs, key by key, in the table's order: {key: (old, new)} (JSON values)."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for name in (*KEYS, *DERIVED):
+        a, b = (getattr(c, name) if name in DERIVED else get(c, name) for c in (old, new))
+        if a != b:
+            out[name] = (_plain(a), _plain(b))
+    return out
+
+
+def changes_meaning(changed: dict[str, Any]) -> bool:
+    """Whether a change alters what the metric means (metric, direction, budget, command, fixed files, evaluate):
+    the runs before it and after it are then not comparable, and a new segment starts."""
+    return bool(MEANING & set(changed))

@@ -9,24 +9,32 @@ content, an existing branch (without --resume) or a dirty tree stop it with a me
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
 import shutil
 import string
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import harness
 from harness import config as config_mod
 from harness import ledger, resources
-from harness.config import Config
+from harness.config import Config, ConfigError
+from harness.journal import atomic_write
 from harness.stats import Direction
 
 # Target loading lives in harness/targets.py; these names stay importable from here.
 from harness.targets import KIT, InitError, Target
 from harness.targets import available_targets as available_targets
 from harness.targets import load_target as load_target
-from harness.workspace import Workspace, WorkspaceError, sha256_file, unsafe_paths
+from harness.workspace import Workspace, WorkspaceError, sha256_file, short, unsafe_paths
 
+# The files init renders into a workspace (besides the target's own and autoresearch.toml)
+SESSION_FILES = ("autoresearch.md", "autoresearch.ideas.md", "autoresearch.sh", "autoresearch.checks.sh",
+                 config_mod.CONFIG_NAME, ".gitignore")
 DEFAULT_DATA = "offline-math"  # what {data} in a post-training target's prepare command is without --data
 
 
@@ -66,6 +74,56 @@ def _write_new(path: Path, content: str | bytes, executable: bool = False) -> No
         path.chmod(0o755)
 
 
+def _names(paths: list[str], limit: int = 8) -> str:
+    return ", ".join(paths[:limit]) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def _adoptable(ws: Workspace, root: Path, *, own: tuple[str, ...], adopt: bool) -> list[str]:
+    """Check an existing repository before init adopts it; returns the untracked files init leaves alone.
+
+    Changes to tracked files stop init, named: the session's base commit must be what the user committed.
+    Untracked files are the user's (karpathy's run.log and results.tsv, __pycache__/): never committed, never
+    deleted. Those the session's .gitignore covers simply become ignored; others would be stashed by the
+    loop's recovery and block its baseline (which runs on a clean tree), so they stop init, named, unless
+    `adopt` lists them in .git/info/exclude (local to this clone, nothing committed)."""
+    status = ws.repo.git.status("--porcelain=v1", "-z", "--untracked-files=all").split("\0")
+    tracked = sorted({item[3:] for item in status if item and not item.startswith("??") and len(item) > 3})
+    if tracked:
+        raise InitError(f"{root} has uncommitted changes to tracked files: {_names(tracked)}; commit or stash them "
+                        "first (init commits the session's files on top of what you committed)")
+    untracked = [item[3:] for item in status if item.startswith("??")]
+    if not untracked:
+        return []
+    with tempfile.NamedTemporaryFile("w", suffix=".gitignore", delete=False) as f:
+        f.write(_template("gitignore"))
+    try:  # what stays visible once the session's .gitignore is in place
+        visible = ws.repo.git.ls_files("--others", "--exclude-standard", f"--exclude-from={f.name}", "-z").split("\0")
+    finally:
+        os.unlink(f.name)
+    unrelated = sorted(p for p in visible if p and p not in own and p not in SESSION_FILES)
+    if unrelated and not adopt:
+        raise InitError(
+            f"{root} has untracked files that are not the session's: {_names(unrelated)}. The loop runs each "
+            "baseline on a clean tree and its recovery stashes what is uncommitted, so: commit them, move them "
+            "away, or pass --adopt to leave them where they are, untracked (init lists them in .git/info/exclude; "
+            "nothing is committed or deleted)")
+    if unrelated:
+        exclude = Path(ws.repo.git_dir) / "info" / "exclude"
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        have = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
+        add = [f"/{_glob_escape(p)}" for p in unrelated if f"/{_glob_escape(p)}" not in have.splitlines()]
+        if add:
+            sep = "\n" if have and not have.endswith("\n") else ""
+            exclude.write_text(have + sep + "# left alone by autoresearch init --adopt\n" + "\n".join(add) + "\n",
+                               encoding="utf-8")
+    return sorted(p for p in untracked if p not in own and p not in SESSION_FILES)
+
+
+def _glob_escape(path: str) -> str:
+    """A path as a literal gitignore pattern."""
+    return re.sub(r"([*?\[\\!#])", r"\\\1", path)
+
+
 def init_workspace(
     root: Path,
     target: Target,
@@ -85,14 +143,18 @@ def init_workspace(
     overrides: dict[str, Any] | None = None,
     generated: dict[str, bytes] | None = None,
     after_copy: Callable[[Path], list[str]] | None = None,
+    adopt: bool = False,
 ) -> tuple[Config, list[str]]:
     """Create or adopt the workspace; returns the config and what was done.
 
     `generated`: fixed files init writes from what the caller resolved (a post-training target's base.json and
     base_model.py, its advice.json), committed and hashed with the target's files. `after_copy(root)` runs once the
     target's files are in place and before they are committed (it may rewrite an editable default, e.g. the
-    advised learning rate); it returns what it did, for init's report."""
+    advised learning rate); it returns what it did, for init's report. `adopt`: untracked files of an adopted
+    repository that are not the session's are left alone even where the session's .gitignore does not cover them
+    (they go to .git/info/exclude); without it they stop init, named."""
     now = now or dt.datetime.now()
+    left_alone: list[str] = []
     tag = tag or default_tag(now)
     branch = f"autoresearch/{tag}"
     done: list[str] = []
@@ -118,8 +180,9 @@ def init_workspace(
             )
         cfg = config_mod.load(root)
         return cfg, [f"switched to the existing session branch {branch}"]
-    if ws.has_commits() and not ws.is_clean():
-        raise InitError(f"{root} has uncommitted changes; commit or stash them first")
+    if ws.has_commits():  # adopting a repository (a karpathy working copy): name what blocks, adopt what may stay
+        left_alone = _adoptable(ws, root, own=(*target.editable, *target.fixed_files, *(generated or {})),
+                                adopt=adopt)
 
     # Render and validate everything before touching git, so a bad flag or template fails
     # with nothing half-done.
@@ -216,6 +279,9 @@ def init_workspace(
     if lines_missing:
         gitignore.write_text(have + ("\n" if have and not have.endswith("\n") else "") + wanted, encoding="utf-8")
         done.append("added autoresearch.jsonl, run.log and .autoresearch/ to .gitignore")
+    if left_alone:
+        done.append(f"left alone (untracked, not committed, now ignored): {_names(left_alone)}"
+                    + (" (each run writes its output there, as karpathy's loop does)" if "run.log" in left_alone else ""))
     base_paths = [".gitignore", *target.fixed_files, *generated, *target.editable]
     if not ws.has_commits() or any(p in ws.changed_paths() for p in base_paths):
         ws.commit_all(f"autoresearch: {target.name} target files", paths=base_paths)
@@ -249,3 +315,145 @@ def init_workspace(
         done.append(f"started the ledger {lpath.name}")
     return cfg, done
 
+
+
+# ------------------------------------------------------------------ config changes (`autoresearch config`)
+
+ConfigHow = Literal["config", "hand edit"]
+EDIT_ASIDE = "config-edit.toml"  # in .autoresearch/: a hand edit held out of recovery's way while it runs
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """A committed change of autoresearch.toml, as the ledger records it."""
+
+    changes: dict[str, tuple[Any, Any]]  # key -> (old, new), JSON values
+    new_segment: bool  # it changed what the metric means: the runs before it are another segment
+    commit: str  # the session-config commit (short)
+    how: ConfigHow
+
+    def describe(self) -> str:
+        shown = describe_changes(self.changes)
+        return shown + (" (a new segment starts: the metric means something else now, so the next run is its "
+                        "baseline)" if self.new_segment else "")
+
+
+def describe_changes(changes: dict[str, Any]) -> str:
+    """`key old -> new; ...`; for the fixed files' hashes, which files were hashed again."""
+    out = []
+    for k, (a, b) in changes.items():
+        if k == "fixed_hashes" and isinstance(a, dict) and isinstance(b, dict):
+            again = sorted(p for p in b if a.get(p) != b[p])
+            out.append(f"hashed again: {', '.join(again)}" if again else "fixed files removed from the hashes")
+        else:
+            out.append(f"{k} {short_value(a)} -> {short_value(b)}")
+    return "; ".join(out)
+
+
+def short_value(v: Any, limit: int = 60) -> str:
+    text = "none" if v is None else config_mod.show(tuple(v) if isinstance(v, list) else v) \
+        if not isinstance(v, dict) else f"{{{len(v)} entries}}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def committed_config(ws: Workspace, rev: str = "HEAD") -> Config | None:
+    """autoresearch.toml as committed at `rev`; None where it has none (a workspace older than its config)."""
+    blob = ws.file_at(rev, config_mod.CONFIG_NAME)
+    if blob is None:
+        return None
+    return config_mod.loads(blob.decode("utf-8", errors="replace"), f"{config_mod.CONFIG_NAME} at {rev}")
+
+
+def config_edit(root: Path) -> str | None:
+    """The hand edit of autoresearch.toml not committed yet: the tree's text where it differs from HEAD's, else
+    one an interrupted start set aside; validated (ConfigError names the problem). None when there is none."""
+    aside = root / ".autoresearch" / EDIT_ASIDE
+    path = root / config_mod.CONFIG_NAME
+    try:
+        ws = Workspace(root)
+        head = ws.file_at("HEAD", config_mod.CONFIG_NAME)
+    except (WorkspaceError, ValueError):
+        return None
+    if head is None or not path.exists():
+        return None
+    if config_mod.CONFIG_NAME in ws.changed_paths():
+        text = path.read_bytes()
+    elif aside.exists() and aside.read_bytes().rstrip(b"\n") != head.rstrip(b"\n"):  # git show drops the last newline
+        text = aside.read_bytes()
+    else:
+        aside.unlink(missing_ok=True)
+        return None
+    edit = text.decode("utf-8", errors="replace")
+    new = config_mod.loads(edit, f"{path} (your uncommitted edit)")
+    old = config_mod.loads(head.decode("utf-8", errors="replace"), f"{config_mod.CONFIG_NAME} at HEAD")
+    if new.fixed_hashes != old.fixed_hashes:
+        raise ConfigError(
+            f"{path} (your uncommitted edit): fixed_hashes is written by autoresearch, not by hand; set the fixed "
+            f"files with `autoresearch config fixed {' '.join(new.fixed) or 'FILE ...'}`, which hashes them again as "
+            "they are now (and starts a new segment)")
+    return edit
+
+
+def set_aside_config_edit(root: Path, edit: str) -> None:
+    """Hold a hand edit out of recovery's way (recovery stashes uncommitted edits): saved under .autoresearch/
+    first, then autoresearch.toml goes back to HEAD's. `commit_config` writes it back and commits it."""
+    atomic_write(root / ".autoresearch" / EDIT_ASIDE, edit.encode())
+    Workspace(root).repo.git.checkout("HEAD", "--", config_mod.CONFIG_NAME)
+
+
+def _renewed_hashes(root: Path, old: Config, new: Config, again: bool) -> dict[str, str]:
+    """fixed_hashes for `new`: the measurement scripts' as they were, each fixed file's (hashed now where it is
+    new to the list, or every one when `again`: the user accepts the fixed files as they now are)."""
+    hashes = {p: h for p, h in old.fixed_hashes.items() if p not in old.fixed or p in new.fixed}
+    for p in new.fixed:
+        if again or p not in hashes:
+            if not (root / p).is_file():
+                raise ConfigError(f"fixed: {p} is not a file of the workspace")
+            hashes[p] = sha256_file(root / p)
+    return hashes
+
+
+def commit_config(root: Path, old: Config, new: Config, *, how: ConfigHow, text: str | None = None,
+                  rehash: bool = False, now: float | None = None) -> ConfigChange | None:
+    """Make `new` the session's configuration: validated, written, committed as a session-config commit (with any
+    fixed file it hashes again), and recorded in the ledger: a change of what the metric means as a config header
+    (a new segment), any other as a `config_change` line. `text` is the hand edit as written (kept, comments and
+    all, unless the hashes had to change); `rehash`: `fixed` was set, hash every fixed file again.
+    Returns None when nothing changed (a hand edit of comments alone is committed, and not logged)."""
+    ws = Workspace(root)
+    aside = root / ".autoresearch" / EDIT_ASIDE
+    hashes = _renewed_hashes(root, old, new, rehash)
+    if hashes != new.fixed_hashes:
+        new, text = replace(new, fixed_hashes=hashes), None
+    config_mod.validate(new)
+    changed = config_mod.changes(old, new)
+    if text is not None:
+        (root / config_mod.CONFIG_NAME).write_text(text, encoding="utf-8")
+    else:
+        config_mod.save(root, new)
+    dirty = set(ws.changed_paths())
+    paths = [config_mod.CONFIG_NAME, *(p for p in new.fixed if p in dirty and "fixed_hashes" in changed)]
+    if config_mod.CONFIG_NAME not in dirty:
+        aside.unlink(missing_ok=True)
+        return None
+    new_segment = config_mod.changes_meaning(changed)
+    subject = f"autoresearch: session config ({how}): {describe_changes(changed) or 'comments only'}"
+    if len(subject) > 100:  # cut at a word, the whole list goes in the body
+        subject = subject[:99].rsplit(" ", 1)[0] + "…\n\n" + describe_changes(changed)
+    sha = ws.commit_all(subject, paths=paths)
+    aside.unlink(missing_ok=True)
+    if not changed:
+        return None
+    change = ConfigChange(changed, new_segment, short(sha), how)
+    payload = {"changes": {k: [a, b] for k, (a, b) in changed.items()}, "how": how, "commit": change.commit,
+               "timestamp": int(dt.datetime.now().timestamp() if now is None else now)}
+    lpath = ledger.ledger_path(root)
+    if new_segment:
+        current = ledger.load_state(lpath).current
+        line = ledger.header_line(new.name, new.metric.name, new.metric.unit, new.metric.direction,
+                                  **ledger.carried(current.header if current else None),
+                                  time_budget_s=new.time_budget_s, config_change=payload)
+    else:
+        line = {"type": "config_change", **payload}
+    ledger.append(lpath, line)
+    return change
