@@ -14,6 +14,7 @@ fixed file, is how the fixed side (prepare.py) and the editable side (train.py) 
     save_adapter(dir, base, lora, r, alpha)                      adapter_config.json + adapter_model.safetensors
     load_adapted(base, ckpt_dir) -> nn.Module                   the base with a run's adapter (or weights) merged
     generate(model, base, prompts, max_new_tokens)              greedy, batched, stopping at the end token
+    logits_of(model, x)                                          logits of either kind of model
 
 Every file of a base is checked against base.json's sha256 before use: a base changed since init is an error
 naming the file. Two kinds of base:
@@ -40,9 +41,10 @@ import re
 import sys
 import types
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import arkit
 import torch
 import torch.nn as nn
 
@@ -208,6 +210,7 @@ class Base:
     tok: Tok
     device: torch.device
     hf_tokenizer: Any = None  # the transformers tokenizer (kind hf), for its chat template
+    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)  # linear module -> (d_in, d_out), as loaded
 
     @property
     def fingerprint(self) -> str:
@@ -328,7 +331,9 @@ def _load(base_dir: str, info: dict, device, meta: bool, code: str | None) -> Ba
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return Base(info["kind"], info, base_dir, model, tok, torch.device("meta") if meta else on, hf_tokenizer)
+    # The linear layers as loaded: adapters are checked against these even after train.py wraps the modules.
+    shapes = {lin.name: (lin.d_in, lin.d_out) for lin in linear_modules(model)}
+    return Base(info["kind"], info, base_dir, model, tok, torch.device("meta") if meta else on, hf_tokenizer, shapes)
 
 
 # --- ours ---
@@ -444,18 +449,17 @@ def _linears(model: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 
 
-def _check_lora(model: nn.Module, lora: LoRA, r: int, what: str) -> None:
-    linears = _linears(model)
+def _check_lora(shapes: Mapping[str, tuple[int, int]], lora: LoRA, r: int, what: str) -> None:
     if not lora:
         raise BaseError(f"{what}: no adapted modules")
     for name, (a, b) in lora.items():
-        if name not in linears:
+        if name not in shapes:
             raise BaseError(f"{what}: {name!r} is not a linear module of the base")
-        lin = linears[name]
-        if tuple(a.shape) != (r, lin.in_features) or tuple(b.shape) != (lin.out_features, r):
+        d_in, d_out = shapes[name]
+        if tuple(a.shape) != (r, d_in) or tuple(b.shape) != (d_out, r):
             raise BaseError(
                 f"{what}: {name} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; rank {r} on this "
-                f"{lin.in_features} -> {lin.out_features} layer needs ({r}, {lin.in_features}) and ({lin.out_features}, {r})"
+                f"{d_in} -> {d_out} layer needs ({r}, {d_in}) and ({d_out}, {r})"
             )
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
             raise BaseError(f"{what}: {name} has non-finite values")
@@ -466,10 +470,9 @@ def save_adapter(directory: str, base: Base, lora: LoRA, r: int, alpha: float) -
     names) and adapter_model.safetensors (`base_model.model.<module>.lora_A.weight` (r, d_in) and `.lora_B.weight`
     (d_out, r)), so `PeftModel.from_pretrained(model, directory)` loads it. The weights go first and the config
     last, each written whole (a directory with a config holds a complete adapter)."""
-    import arkit
     from safetensors.torch import save_file
 
-    _check_lora(base.model, lora, r, "save_adapter")
+    _check_lora(base.shapes, lora, r, "save_adapter")
     os.makedirs(directory, exist_ok=True)
     config_path = os.path.join(directory, ADAPTER_CONFIG)
     if os.path.exists(config_path):
@@ -524,7 +527,7 @@ def _read_adapter(ckpt_dir: str, base: Base) -> tuple[dict[str, tuple[torch.Tens
         if set(ab) != {"lora_A", "lora_B"}:
             raise BaseError(f"{ckpt_dir}/{ADAPTER_WEIGHTS}: {name} has {sorted(ab)} but needs lora_A and lora_B")
         lora[name] = (ab["lora_A"].float(), ab["lora_B"].float())
-    _check_lora(base.model, lora, r, f"{ckpt_dir}/{ADAPTER_WEIGHTS}")
+    _check_lora(base.shapes, lora, r, f"{ckpt_dir}/{ADAPTER_WEIGHTS}")
     return lora, alpha / r
 
 
@@ -619,16 +622,53 @@ def generate(model: nn.Module, base: Base, prompts: list[list[int]], max_new_tok
     return out
 
 
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits (B, T, vocab) of token ids x (B, T), for our GPT (which returns them) and HF models (`.logits`).
+    Rows may be right-padded: attention is causal, so no position sees the padding after it."""
+    out = model(x)
+    return out.logits if hasattr(out, "logits") else out
+
+
 def _device(model: nn.Module) -> torch.device:
     for t in model.parameters():
         return t.device
     return torch.device("cpu")
 
 
+class _LastPositions(nn.Module):
+    """Stands in for our GPT's lm_head during generation: the unembedding of one position per row (`where`)
+    instead of all of them. What follows lm_head in the model (the float cast, the softcap) is elementwise, so
+    the logits are those of the full forward at those positions; the (rows x T x vocab) ones, most of the cost
+    at a vocabulary of 8192, are never computed."""
+
+    def __init__(self, head: nn.Linear):
+        super().__init__()
+        self.head = head
+        self.where: torch.Tensor | None = None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        assert self.where is not None
+        picked = h[torch.arange(h.size(0), device=h.device), self.where]  # (B, d)
+        return self.head(picked)[:, None, :]
+
+
 def _generate_ours(model: nn.Module, base: Base, prompts: list[list[int]], max_new: int) -> list[list[int]]:
     """Our GPT has no KV cache and no attention mask: rows are right-padded, and each row's next token is read
     at its own last position, which (causal attention) the padding after it cannot reach. The whole window is
-    recomputed each step; for a model this small that is fast enough."""
+    recomputed each step (for a model this small that is fast enough), the unembedding only where it is read."""
+    head = getattr(model, "lm_head", None)
+    if not isinstance(head, nn.Linear):
+        return _generate_full(model, base, prompts, max_new)
+    last_only = _LastPositions(head)
+    model.lm_head = last_only
+    try:
+        return _generate_full(model, base, prompts, max_new, last_only)
+    finally:
+        model.lm_head = head
+
+
+def _generate_full(model: nn.Module, base: Base, prompts: list[list[int]], max_new: int,
+                   last_only: _LastPositions | None = None) -> list[list[int]]:
     device, limit, stops = _device(model), base.max_len, base.tok.stop_ids
     rows = [list(p[-limit:]) for p in prompts]
     new: list[list[int]] = [[] for _ in rows]
@@ -641,9 +681,13 @@ def _generate_ours(model: nn.Module, base: Base, prompts: list[list[int]], max_n
         x = torch.full((len(active), width), base.tok.pad_id, dtype=torch.long)
         for k, j in enumerate(active):
             x[k, :len(rows[j])] = torch.tensor(rows[j])
-        logits = model(x.to(device))
         last = torch.tensor([len(rows[j]) - 1 for j in active], device=device)
-        nxt = logits[torch.arange(len(active), device=device), last].argmax(-1).tolist()
+        if last_only is not None:
+            last_only.where = last
+            nxt = logits_of(model, x.to(device))[:, 0].argmax(-1).tolist()
+        else:
+            logits = logits_of(model, x.to(device))
+            nxt = logits[torch.arange(len(active), device=device), last].argmax(-1).tolist()
         for j, t in zip(active, nxt, strict=True):
             if t in stops:
                 live[j] = False
