@@ -194,3 +194,12 @@ class GpuWatch(threading.Thread):
         if self.is_alive():
             self.join(6.0)
         return tuple(f"{pid} {name}" for pid, name in sorted(self.others.items()))
+
+
+def token_budget_of(cfg: Any) -> int | None:
+    """The session's token budget: `[session] token_budget` when `budget = "tokens"`, else None. Read
+    with getattr so that this works with a Config that predates the two keys (then: None)."""
+    if getattr(cfg, "budget", "time") != "tokens":
+        return None
+    n = getattr(cfg, "token_budget", None)
+    return int(n) if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
