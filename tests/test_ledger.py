@@ -285,13 +285,14 @@ def test_confidence_undefined_with_two_points():
 # ------------------------------------------------------------------ ledger_path
 
 
-def test_ledger_path_prefers_ours_then_pi_layout(tmp_path):
+def test_ledger_path_follows_pis_rule(tmp_path):
+    """pi's sessionFilePath: any .auto/ session file means .auto/log.jsonl, even beside a flat ledger."""
     assert ledger_path(tmp_path) == tmp_path / "autoresearch.jsonl"  # neither exists: ours
     (tmp_path / ".auto").mkdir()
     (tmp_path / ".auto" / "log.jsonl").write_bytes(dump(HEADER))
     assert ledger_path(tmp_path) == tmp_path / ".auto" / "log.jsonl"
     (tmp_path / "autoresearch.jsonl").write_bytes(dump(HEADER))
-    assert ledger_path(tmp_path) == tmp_path / "autoresearch.jsonl"
+    assert ledger_path(tmp_path) == tmp_path / ".auto" / "log.jsonl"
 
 
 # ------------------------------------------------------------------ writing

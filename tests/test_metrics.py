@@ -104,12 +104,14 @@ def test_metric_lines_duplicates_last_wins():
 
 
 def test_metric_lines_reject_bad_names():
+    """Names are pi-autoresearch's set ([A-Za-z0-9_.µ]+: digits first, dots and µ allowed, as its
+    documented `METRIC total_µs=15200`), never the JavaScript prototype names."""
     text = "\n".join(
         [
-            "METRIC 1abc=1",  # starts with a digit
-            "METRIC a-b=1",  # dash
-            "METRIC a.b=1",  # pi-autoresearch allows dots, the seed's plugin does not
-            "METRIC µs=1",  # likewise for µ
+            "METRIC 1abc=1",  # pi's set: a leading digit is a name
+            "METRIC a-b=1",  # dash: not in the set
+            "METRIC a.b=1",  # pi-autoresearch allows dots
+            "METRIC µs=1",  # and µ
             "METRIC =1",
             "METRIC __proto__=1",
             "METRIC constructor=1",
@@ -117,7 +119,7 @@ def test_metric_lines_reject_bad_names():
             "METRIC ok_name2=2",
         ]
     )
-    assert parse_metric_lines(text) == {"ok_name2": 2.0}
+    assert parse_metric_lines(text) == {"1abc": 1.0, "a.b": 1.0, "µs": 1.0, "ok_name2": 2.0}
 
 
 # ------------------------------------------------------------------ summary block
