@@ -242,7 +242,7 @@ def test_detach_runs_in_the_background_and_kill_term_of_its_pid_file_stops_it(tm
         assert alive(pid)
         assert os.getsid(pid) == pid  # a session of its own: a closing terminal does not reach it
         wait_for("experiment #2 to run", lambda: in_flight(root, 2))
-        assert "autoresearch: " in log.read_text()  # the loop's output goes to the log
+        assert "agent mutate" in log.read_text()  # the loop's output goes to the log, as it comes (-u)
         subprocess.run(["bash", "-c", "kill -TERM $(cat .autoresearch/loop.pid)"], cwd=root, check=True)
         wait_for("the detached loop to exit", lambda: not alive(pid))
     finally:
