@@ -437,7 +437,7 @@ def commit_config(root: Path, old: Config, new: Config, *, how: ConfigHow, text:
         aside.unlink(missing_ok=True)
         return None
     new_segment = config_mod.changes_meaning(changed)
-    subject = f"autoresearch: session config ({how}): {describe_changes(changed) or 'comments only'}"
+    subject = f"{CONFIG_SUBJECT}{how}): {describe_changes(changed) or 'comments only'}"
     if len(subject) > 100:  # cut at a word, the whole list goes in the body
         subject = subject[:99].rsplit(" ", 1)[0] + "…\n\n" + describe_changes(changed)
     sha = ws.commit_all(subject, paths=paths)
@@ -445,10 +445,48 @@ def commit_config(root: Path, old: Config, new: Config, *, how: ConfigHow, text:
     if not changed:
         return None
     change = ConfigChange(changed, new_segment, short(sha), how)
-    payload = {"changes": {k: [a, b] for k, (a, b) in changed.items()}, "how": how, "commit": change.commit,
-               "timestamp": int(dt.datetime.now().timestamp() if now is None else now)}
+    _log_change(root, new, change, now)
+    return change
+
+
+CONFIG_SUBJECT = "autoresearch: session config ("
+
+
+def config_commit_at_head(root: Path) -> bool:
+    """HEAD is a session-config commit (one git call: its subject)."""
+    try:
+        return Workspace(root).commit_message().startswith(CONFIG_SUBJECT)
+    except (WorkspaceError, ValueError):
+        return False
+
+
+def log_unlogged_change(root: Path) -> ConfigChange | None:
+    """A session-config commit at HEAD that the ledger does not record (stopped between the commit and the
+    ledger line): recorded now, from the configs at HEAD~1 and HEAD. The caller holds the workspace lock."""
+    try:
+        ws = Workspace(root)
+        if not ws.has_commits() or not ws.commit_message().startswith(CONFIG_SUBJECT):
+            return None
+        sha = short(ws.head())
+        if any(c.commit == sha for c in ledger.load_state(ledger.ledger_path(root)).config_changes):
+            return None
+        old, new = committed_config(ws, "HEAD~1"), committed_config(ws)
+    except (WorkspaceError, ValueError, ConfigError):
+        return None
+    if old is None or new is None or not (changed := config_mod.changes(old, new)):
+        return None
+    how: ConfigHow = "hand edit" if ws.commit_message().startswith(CONFIG_SUBJECT + "hand edit)") else "config"
+    change = ConfigChange(changed, config_mod.changes_meaning(changed), sha, how)
+    _log_change(root, new, change, None)
+    return change
+
+
+def _log_change(root: Path, new: Config, change: ConfigChange, now: float | None) -> None:
+    """The ledger's record of a change: a new segment's config header when it changes what the metric means."""
+    payload = {"changes": {k: [a, b] for k, (a, b) in change.changes.items()}, "how": change.how,
+               "commit": change.commit, "timestamp": int(dt.datetime.now().timestamp() if now is None else now)}
     lpath = ledger.ledger_path(root)
-    if new_segment:
+    if change.new_segment:
         current = ledger.load_state(lpath).current
         line = ledger.header_line(new.name, new.metric.name, new.metric.unit, new.metric.direction,
                                   **ledger.carried(current.header if current else None),
@@ -456,4 +494,3 @@ def commit_config(root: Path, old: Config, new: Config, *, how: ConfigHow, text:
     else:
         line = {"type": "config_change", **payload}
     ledger.append(lpath, line)
-    return change

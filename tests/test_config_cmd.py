@@ -223,3 +223,23 @@ def test_an_edit_during_an_interrupted_run_is_committed_after_recovery(tmp_path,
         next(s for s in subjects if s.startswith('Revert "experiment #2')))  # it comes after the revert
     assert os.environ.get("AUTORESEARCH_FAULT") is None
     assert subprocess.run(["git", "diff", "--quiet"], cwd=root).returncode == 0
+
+
+def test_a_config_commit_the_ledger_missed_is_logged_at_the_next_start(tmp_path, capsys):
+    """The state a kill between the config commit and its ledger line leaves (made here with git, as
+    commit_config would have committed it): the next `run` records the change before it runs anything."""
+    root = make_toy(tmp_path / "ws")
+    assert cli(root, "run", "--agent", "mutate", "--max-iterations", "1") == 0
+    toml = root / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace("time_budget_s = 5.0", "time_budget_s = 4.0"))
+    git(root, "commit", "-qm", "autoresearch: session config (config): time_budget_s 5.0 -> 4.0", "autoresearch.toml")
+    capsys.readouterr()
+    assert cli(root, "run", "--agent", "mutate", "--max-iterations", "1") == 0
+    assert "config: logged the change committed as" in capsys.readouterr().out
+    (change,) = config_lines(root)
+    assert change["config_change"]["changes"] == {"time_budget_s": [5.0, 4.0]}
+    config_commit = git(root, "log", "--format=%H", "-1", "--grep=session config (config)")
+    assert config_commit.startswith(change["config_change"]["commit"])
+    assert [(r.segment, r.raw.get("baseline")) for r in runs(root)] == [(0, True), (1, True)]
+    assert cli(root, "run", "--agent", "mutate", "--max-iterations", "1") == 0
+    assert len(config_lines(root)) == 1  # logged once
