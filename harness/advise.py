@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import bases, doctrine
+from harness import bases, doctrine, models
 from harness.cli_common import UserError, workspace_root
 from harness.doctrine import DEFAULT_COMPONENTS, Capacity, LearningRate, LinearRow, MethodChoice, Ratio
 
@@ -240,7 +240,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
     if not os.path.isabs(spec) and (root / spec).exists():  # relative paths are relative to -C DIR, like git
         spec = str(root / spec)
     cache = bases.cache_root()
-    info = bases.resolve_base(spec, cache, say=lambda line: print(line, file=sys.stderr))  # stdout stays the advice
+    info = models.resolve_base(spec, cache, say=lambda line: print(line, file=sys.stderr))  # stdout stays the advice
     advice = advise(info.dir, _data_spec(args.data, root), rank=args.rank, cache_dir=str(cache))
     print(json.dumps(advice.to_json(), indent=1) if args.json else render(advice))
     return 0

@@ -7,7 +7,7 @@ fixed side of a post-training target reads (assets/arbase.py `load_base`); it ne
     kind "hf"         config.json, model.safetensors (or shards + index), the tokenizer files
 The fingerprint is the sha256 over the sorted lines `rel\\0sha256\\n` of `files`: the same content is the same
 base, whichever way it was reached. The base directory's base.json says how it was reached first; the BaseInfo a
-resolve returns (and so a workspace's base.json) says how it was reached this time: same files, same fingerprint. What `--base` accepts (`resolve_base`):
+resolve returns (and so a workspace's base.json) says how it was reached this time: same files, same fingerprint. What `--base` accepts (`harness.models.resolve_base`, the one entry point: it lives beside the smollm2 and hub routes so that neither module imports the other in a cycle):
     ../my-pretrain-session   a workspace of ours: its best kept run's checkpoint (.autoresearch/checkpoints/run-N)
     DIR (config.json "model" key, model.pt, train.py)   a checkpoint directory of ours
     DIR (config.json, *.safetensors, tokenizer)        a local Hugging Face causal-LM directory
@@ -352,37 +352,8 @@ def resolve_hf_dir(d: Path, cache: Path, *, spec: str, origin: dict[str, Any] | 
                             origin=origin or {"type": "hf-dir", "path": str(d)}, model=model)
 
 
-# ------------------------------------------------------------------ the one entry point
-
-
 def env_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def resolve_base(spec: str, cache: Path | None = None, *, offline: bool | None = None,
-                 say: Say | None = None) -> BaseInfo:
-    """Materialize the base `spec` names (see the module docstring) and return it. Idempotent."""
-    from harness import models
-
-    cache = cache or cache_root()
-    say = say or (lambda _line: None)
-    offline = env_offline() if offline is None else offline
-    if spec == SMOLLM2:
-        return models.resolve_smollm2(cache, spec=spec, say=say)
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        path = path.resolve()
-        if is_session(path):
-            return resolve_session(path, cache, spec=spec)
-        if (path / "config.json").is_file() and (path / "model.pt").is_file():
-            return resolve_checkpoint(path, cache, spec=spec, origin={"type": "checkpoint", "path": str(path)},
-                                      name=path.name)
-        if (path / "config.json").is_file():
-            return resolve_hf_dir(path, cache, spec=spec)
-        raise BaseError(f"{path}: neither a session, a checkpoint nor a Hugging Face model directory; {ACCEPTED}")
-    if HUB_ID.fullmatch(spec) and not path.exists():
-        return models.resolve_pulled(spec, cache, offline=offline)
-    raise BaseError(f"{spec!r} is not a base: {ACCEPTED}")
 
 
 # ------------------------------------------------------------------ a workspace's base

