@@ -1,0 +1,131 @@
+"""The sft target as a user runs it: prepare.py, train.py and the separate evaluation, then the whole loop.
+
+The fixed side runs as real processes in a workspace laid out as `autoresearch init --target sft` lays it out
+(base.json + base_model.py + the kit modules); the end-to-end test goes through the real CLI from a pretrain
+checkpoint made in the test to `autoresearch run --agent mutate --max-iterations 2`. CPU only, offline.
+
+Run: .venv/bin/python -m pytest tests/test_sft.py -q            (the fast ones: ~1 min on 2 loaded cores)
+     .venv/bin/python -m pytest tests/test_sft.py -q -m slow    (the end-to-end loop: ~3 min on 2 loaded cores)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ASSETS, run_py, trained_pretrain
+from test_arbase import PRETRAIN_ARGS, install_base, make_our_base
+
+METRIC_LINE = re.compile(r"^METRIC ([A-Za-z_][A-Za-z0-9_]*)=(\S+)$", re.M)
+SMALL_DATA = "offline-math:levels=1,train=400,val=16,test=16"
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    t = trained_pretrain(tmp_path_factory.mktemp("sft"), PRETRAIN_ARGS)
+    t.env = {**t.env, "OMP_NUM_THREADS": "1"}  # on a loaded 2-core machine one thread per process is far faster
+    return t
+
+
+def sft_workspace(t, ws: Path) -> Path:
+    """The sft workspace by hand, as init writes it: the target's and the kit's files, base.json (+ dir) and
+    base_model.py for a base of ours installed in the cache."""
+    base_dir = make_our_base(t.root / "base", t.ckpt, t.data_dir / "tokenizer")
+    info = install_base(base_dir, t.root / "cache")
+    ws.mkdir(parents=True)
+    for name in ("prepare.py", "train.py"):
+        shutil.copy(ASSETS / "sft" / name, ws / name)
+    for name in ("arkit.py", "arbase.py", "armath.py"):
+        shutil.copy(ASSETS / name, ws / name)
+    shutil.copy(base_dir / "base_model.py", ws / "base_model.py")
+    (ws / "base.json").write_text(json.dumps(info))
+    return ws
+
+
+def metrics_of(text: str) -> dict[str, float]:
+    return {k: float(v) for k, v in METRIC_LINE.findall(text)}
+
+
+def test_prepare_train_evaluate(pretrained, tmp_path):
+    """prepare.py tokenizes and scores the base once; train.py saves a PEFT adapter; the evaluation reports
+    val_accuracy through the channel only, with base_accuracy, val_nll, format_rate, mean_completion_len."""
+    ws = sft_workspace(pretrained, tmp_path / "ws")
+    env = pretrained.env
+    prepared = run_py(ws, env, "prepare.py", "--data", SMALL_DATA)
+    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+    assert "base on val: accuracy" in prepared.stdout
+    ckpt = tmp_path / "ckpt"
+    trained = run_py(ws, {**env, "AUTORESEARCH_TIME_BUDGET": "3", "AUTORESEARCH_CHECKPOINT": str(ckpt)}, "train.py")
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
+    assert {p.name for p in ckpt.iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+    assert metrics_of(trained.stdout)["num_steps"] >= 1
+    channel = tmp_path / "result.jsonl"
+    evaluated = run_py(ws, {**env, "AUTORESEARCH_RESULT_FILE": str(channel)}, "prepare.py", "--evaluate", str(ckpt))
+    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    m = metrics_of(evaluated.stdout)
+    assert set(m) >= {"val_accuracy", "base_accuracy", "val_nll", "format_rate", "mean_completion_len"}
+    reports = [json.loads(line) for line in channel.read_text().splitlines()]
+    assert reports == [{"name": "val_accuracy", "value": m["val_accuracy"]}]
+    # the evaluation never needs train.py: it reads the adapter as data
+    (ws / "train.py").unlink()
+    again = run_py(ws, env, "prepare.py", "--evaluate", str(ckpt))
+    assert again.returncode == 0 and metrics_of(again.stdout) == m, again.stderr
+    # a checkpoint without an adapter is one line and exit 1
+    (tmp_path / "empty").mkdir()
+    refused = run_py(ws, env, "prepare.py", "--evaluate", str(tmp_path / "empty"))
+    assert refused.returncode == 1 and refused.stderr.startswith("error: ") and "neither an adapter" in refused.stderr
+
+
+def test_contamination_guard_refuses_eval_items_seen_in_train(pretrained, tmp_path):
+    ws = sft_workspace(pretrained, tmp_path / "ws")
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"question": f"Ava has {i} pens and gets 2 more. How many pens?", "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"}
+            for i in range(1, 9)]
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    leaked = {"question": rows[0]["question"].upper(), "answer": rows[0]["answer"]}  # the same after normalizing
+    fresh = {"question": "Ben has 30 cards and loses 4. How many cards?", "answer": "30 - 4 = 26\n#### 26"}
+    (data / "val.jsonl").write_text(json.dumps(leaked) + "\n" + json.dumps(fresh) + "\n")
+    (data / "test.jsonl").write_text(json.dumps(fresh) + "\n")
+    prepared = run_py(ws, pretrained.env, "prepare.py", "--data", str(data))
+    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+    manifest_dir = next(p for p in (pretrained.root / "cache" / "sft").iterdir() if (p / "manifest.json").exists()
+                        and json.loads((p / "manifest.json").read_text())["data"] == str(data))
+    manifest = json.loads((manifest_dir / "manifest.json").read_text())
+    assert manifest["splits"]["val"]["rows"] == 1 and manifest["splits"]["val"]["contaminated"] == 1
+    items = (manifest_dir / "val.items.jsonl").read_text()
+    assert "26" in items and len(items.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_pretrain_to_sft_through_the_loop(pretrained, tmp_path):
+    """From a pretrain checkpoint made here: `init --target sft --base CKPT --data ...` and a 2-iteration mutate
+    loop on CPU (sandboxed as configured): rc 0, the ledger holds val_accuracy and base_accuracy, and the kept
+    run's checkpoint holds the PEFT adapter."""
+    env = {**pretrained.env, "AUTORESEARCH_CACHE_DIR": str(pretrained.root / "cache")}
+    ws = tmp_path / "ws"
+    cli = [sys.executable, "-m", "harness.cli"]
+    init = subprocess.run([*cli, "init", str(ws), "--target", "sft", "--base", str(pretrained.ckpt), "--data",
+                           SMALL_DATA, "--budget", "3", "--calibrate", "0"], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert init.returncode == 0, init.stdout + init.stderr
+    assert (ws / "base.json").exists() and (ws / "base_model.py").exists()
+    run = subprocess.run([*cli, "-C", str(ws), "run", "--agent", "mutate", "--max-iterations", "2"], env=env,
+                         capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parent.parent)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    lines = [json.loads(line) for line in (ws / "autoresearch.jsonl").read_text().splitlines()]
+    runs = [r for r in lines if "run" in r and "status" in r]
+    assert len({r["run"] for r in runs}) == 2
+    for r in runs:
+        assert "val_accuracy" in r["metrics"] and "base_accuracy" in r["metrics"], r["metrics"]
+    kept = [r for r in runs if r["status"] == "keep"]
+    assert kept
+    checkpoints = ws / ".autoresearch" / "checkpoints"
+    adapters = list(checkpoints.glob("run-*/adapter_model.safetensors"))
+    assert adapters and all((a.parent / "adapter_config.json").exists() for a in adapters), os.listdir(checkpoints)
