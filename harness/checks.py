@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from harness import capacity, integrity
+from harness import capacity, contention, integrity
 from harness.config import Config
 from harness.executor import Executor
 from harness.gate import Sample
@@ -153,6 +153,11 @@ def left_tracked_files_alone(r: Ran) -> str | None:
 
 
 def within_budget(r: Ran) -> str | None:
+    if contention.token_budget_of(r.cfg) is not None:
+        # A token budget bounds the work, not the time (README "Noise-aware keeps"): a busy machine makes the
+        # run slower, not over budget. The tokens it reports are checked instead (loop._sample); the hard
+        # timeout still applies.
+        return None
     train_s = r.sample.train_s  # the run's own process; with [session] evaluate the metric came from another
     if r.cfg.evaluate and train_s is not None:
         return integrity.over_budget(train_s, r.cfg.time_budget_s, r.cfg.startup_allowance_s,

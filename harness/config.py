@@ -28,6 +28,9 @@ SandboxMode = Literal["auto", "bwrap", "checkout", "off"]
 SANDBOX_MODES: tuple[str, ...] = ("auto", "bwrap", "checkout", "off")
 # Post-training (harness.capacity): "warn" records a LoRA under capacity, "block" refuses the proposal.
 CapacityMode = Literal["warn", "block"]
+# What a run's budget counts (README "Noise-aware keeps"): wall seconds, or training tokens
+# (AUTORESEARCH_TOKEN_BUDGET; for machines shared by nature: a busy machine makes a run slower, not worse).
+BudgetKind = Literal["time", "tokens"]
 
 
 class ConfigError(Exception):
@@ -100,6 +103,9 @@ class Config:
     log_cap_mb: float = 64.0  # a run's log on disk stops growing here (the output is still read)
     # --- post-training (README "Base models"): a proposal whose LoRA is under capacity is recorded, or refused
     capacity: CapacityMode = "warn"
+    # --- the budget's unit (harness.contention): "tokens" passes token_budget to runs as AUTORESEARCH_TOKEN_BUDGET
+    budget: BudgetKind = "time"
+    token_budget: int | None = None
 
     @property
     def effective_timeout_s(self) -> float:
@@ -141,6 +147,8 @@ _COMMENTS = {
     "env": "extra environment variables passed to runs (secrets never are)",
     "inputs": "ignored workspace paths mounted read-only into each run's checkout",
     "capacity": '"warn" (record a LoRA under capacity) or "block" (refuse the proposal)',
+    "budget": '"time" (the default: seconds of training) or "tokens" (token_budget tokens, whatever the time)',
+    "token_budget": 'with budget = "tokens": the training tokens each run may use',
 }
 
 
@@ -220,13 +228,15 @@ def _type_problems(cfg: Config) -> list[str]:
     compares or strips them."""
     want = {
         "a string": (lambda x: isinstance(x, str), ("name", "command", "target", "agent", "revert", "branch",
-                                                   "capacity")),
+                                                   "capacity", "budget")),
         "a string or absent": (lambda x: x is None or isinstance(x, str),
                                ("checks_command", "prepare_command", "model", "heldout_metric", "heldout_command",
                                 "evaluate")),
         "a number": (_is_num, ("time_budget_s", "checks_timeout_s", "tolerance", "startup_allowance_s",
                                "startup_allowance_frac", "eval_allowance_s", "min_effect_sigma", "log_cap_mb")),
         "a number or absent": (lambda x: x is None or _is_num(x), ("timeout_s",)),
+        "an integer or absent": (lambda x: x is None or (isinstance(x, int) and not isinstance(x, bool)),
+                                 ("token_budget",)),
         "an integer": (lambda x: isinstance(x, int) and not isinstance(x, bool),
                        ("seed", "max_failure_streak", "learn_every", "calibrate", "confirm")),
         "true or false": (lambda x: isinstance(x, bool), ("audit", "network")),
@@ -303,6 +313,10 @@ def validate(cfg: Config, where: str = CONFIG_NAME) -> None:
         problems.append("log_cap_mb must be > 0")
     if cfg.capacity not in ("warn", "block"):
         problems.append(f"capacity must be warn or block, not {cfg.capacity!r}")
+    if cfg.budget not in ("time", "tokens"):
+        problems.append(f"budget must be time or tokens, not {cfg.budget!r}")
+    elif cfg.budget == "tokens" and not (isinstance(cfg.token_budget, int) and cfg.token_budget > 0):
+        problems.append('budget = "tokens" needs token_budget, a whole number of tokens > 0')
     for name in cfg.env:
         if not _ENV_NAME.fullmatch(name):
             problems.append(f"env: {name!r} is not an environment variable name")
@@ -345,7 +359,7 @@ def with_overrides(cfg: Config, **changes: Any) -> Config:
 
 # How a key's value is written on the command line: "str", "str?" (none or "" unsets it), "num", "num?",
 # "int", "bool", "list" (a TOML array, or comma-separated).
-KeyKind = Literal["str", "str?", "num", "num?", "int", "bool", "list"]
+KeyKind = Literal["str", "str?", "num", "num?", "int?", "int", "bool", "list"]
 
 
 @dataclass(frozen=True)
@@ -396,6 +410,8 @@ _KEY_TABLE: tuple[Key, ...] = (
     Key("evaluate", "str?", "the fixed evaluation: its own process, reading the run's checkpoint", meaning=True),
     Key("log_cap_mb", "num", "a run's log on disk stops growing here"),
     Key("capacity", "str", "post-training: warn (record a LoRA under capacity) or block (refuse the proposal)"),
+    Key("budget", "str", "time (seconds of training) or tokens (token_budget tokens per run)", meaning=True),
+    Key("token_budget", "int?", 'with budget = "tokens": training tokens per run', meaning=True),
 )
 KEYS: dict[str, Key] = {k.name: k for k in _KEY_TABLE}
 # Not set with `config KEY VALUE`, but a hand edit of autoresearch.toml may change them: recorded as changes too.
@@ -440,15 +456,16 @@ def parse_value(name: str, text: str) -> Any:
     """The command line's text for key `name` as the key's type (validation comes after, on the whole config)."""
     kind = _key(name).kind
     t = text.strip()
-    if kind in ("str?", "num?") and t.lower() in ("", "none"):
+    if kind in ("str?", "num?", "int?") and t.lower() in ("", "none"):
         return None
     try:
         if kind in ("num", "num?"):
             return float(t)
-        if kind == "int":
+        if kind in ("int", "int?"):
             return int(t)
     except ValueError:
-        raise ConfigError(f"{name} must be {'an integer' if kind == 'int' else 'a number'}, not {text!r}") from None
+        raise ConfigError(f"{name} must be {'an integer' if kind.startswith('int') else 'a number'}, "
+                          f"not {text!r}") from None
     if kind == "bool":
         if t.lower() in ("true", "yes", "on", "1"):
             return True

@@ -33,7 +33,7 @@ from harness import records, resources
 from harness.agents.base import PastRun, ProposalContext
 from harness.config import Config
 from harness.ledger import LedgerState, RunRecord
-from harness.procgroup import HELPER_POPEN
+from harness.procgroup import HELPER_GROUP
 from harness.stats import Direction, gain, improvement_pct
 
 NOTES_NAME = "autoresearch.md"
@@ -286,7 +286,7 @@ correctly, then submit. Keep your text between tool calls short.
 def _git_files(root: Path) -> list[str]:
     try:
         out = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, timeout=30, check=True,
-                             **HELPER_POPEN)
+                             process_group=HELPER_GROUP)
     except (OSError, subprocess.SubprocessError):
         return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                       if p.is_file() and not {".git", ".autoresearch"} & set(p.relative_to(root).parts))

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 # sends Ctrl-C's SIGINT to its foreground process group, which is the controller's: a helper in it died
 # of the signal mid-step. Outside that group it always completes, and the controller alone decides what the
 # Ctrl-C means (finish the run, or abandon it at a second one).
-HELPER_POPEN: Mapping[str, int] = {"process_group": 0}
+HELPER_GROUP = 0  # process_group=0: a group of its own, whose id is its pid
+HELPER_POPEN: Mapping[str, int] = {"process_group": HELPER_GROUP}
 KILL_WAIT_S = 5.0  # after SIGKILL, how long to wait for the processes to be gone
 TOKEN_VAR = "AUTORESEARCH_RUN_TOKEN"
 _HAVE_PROC = os.path.isdir("/proc/self")

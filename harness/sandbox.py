@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from harness.procgroup import HELPER_POPEN
+from harness.procgroup import HELPER_GROUP
 from harness.runner import RunnerError
 from harness.secrets import is_secret_name
 from harness.workspace import Workspace
@@ -82,7 +82,7 @@ def probe(bwrap: str | None) -> str | None:
     argv = [bwrap, "--ro-bind", "/", "/", "--unshare-user", "--cap-drop", "ALL", "--unshare-pid",
             "--unshare-net", "--die-with-parent", "--dev", "/dev", "--proc", "/proc", "true"]
     try:
-        res = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL, **HELPER_POPEN)
+        res = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL, process_group=HELPER_GROUP)
     except OSError as e:
         return f"cannot run {bwrap}: {e.strerror or e}"
     except subprocess.TimeoutExpired:
@@ -99,7 +99,7 @@ def probe(bwrap: str | None) -> str | None:
 def version(bwrap: str) -> str:
     """`bubblewrap 0.8.0`, or just `bubblewrap` when it does not say."""
     try:
-        out = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, **HELPER_POPEN)
+        out = subprocess.run([bwrap, "--version"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, process_group=HELPER_GROUP)
     except (OSError, subprocess.TimeoutExpired):
         return "bubblewrap"
     return out.stdout.strip() or "bubblewrap"
@@ -264,7 +264,7 @@ def materialize(ws: Workspace, commit: str, dest: Path) -> None:
     are not in this repository. A symlink that leads outside `dest` is refused, checked with the real
     path once all of them exist (a lexical check misses a link through another link)."""
     git = ["git", *GIT_SAFE, "-C", str(ws.root)]
-    listing = subprocess.run([*git, "ls-tree", "-r", "-z", "--full-tree", commit], capture_output=True, **HELPER_POPEN)
+    listing = subprocess.run([*git, "ls-tree", "-r", "-z", "--full-tree", commit], capture_output=True, process_group=HELPER_GROUP)
     if listing.returncode != 0:
         raise SandboxError(f"cannot list commit {commit}: {listing.stderr.decode(errors='replace').strip()}")
     entries: list[tuple[str, str, str]] = []  # (mode, object, path)
@@ -281,7 +281,7 @@ def materialize(ws: Workspace, commit: str, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     links: list[tuple[Path, bytes]] = []
-    with subprocess.Popen([*git, "cat-file", "--batch"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, **HELPER_POPEN) as cat:
+    with subprocess.Popen([*git, "cat-file", "--batch"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, process_group=HELPER_GROUP) as cat:
         assert cat.stdin is not None and cat.stdout is not None
         # one request per line, written all at once: the answers are read in the same order below
         cat.stdin.write(b"".join(sha.encode() + b"\n" for _, sha, _ in entries))

@@ -216,3 +216,28 @@ def test_with_overrides_ignores_none():
     assert out.time_budget_s == 60.0 and out.agent == "mutate"
     assert out.model == "claude-sonnet" and out.seed == 7
     assert with_overrides(cfg, timeout_s=None) == cfg
+
+
+def test_a_token_budget_needs_its_count_and_round_trips():
+    """budget = "tokens" (README "Noise-aware keeps") is only valid with a positive token_budget."""
+    assert 'budget = "tokens" needs token_budget' in errors(MINIMAL + 'budget = "tokens"\n')
+    assert 'budget = "tokens" needs token_budget' in errors(MINIMAL + 'budget = "tokens"\ntoken_budget = 0\n')
+    assert "budget must be time or tokens" in errors(MINIMAL + 'budget = "steps"\n')
+    assert "token_budget must be an integer or absent" in errors(MINIMAL + 'budget = "tokens"\ntoken_budget = 1.5\n')
+    cfg = loads(MINIMAL + 'budget = "tokens"\ntoken_budget = 4096\n')
+    assert (cfg.budget, cfg.token_budget) == ("tokens", 4096)
+    assert loads(dumps(cfg)) == cfg
+
+
+def test_under_a_token_budget_the_wall_time_rule_does_not_apply(tmp_path):
+    """A token-budget run on a busy machine is slower, not over budget: within_budget leaves it to the
+    token check (and the hard timeout)."""
+    from types import SimpleNamespace
+
+    from harness import checks
+
+    over = SimpleNamespace(train_s=None, res=SimpleNamespace(wall_s=10_000.0))
+    timed = loads(MINIMAL + "time_budget_s = 10\n")
+    assert checks.within_budget(SimpleNamespace(cfg=timed, sample=over)) is not None  # type: ignore[arg-type]
+    tokens = with_overrides(timed, budget="tokens", token_budget=4096)
+    assert checks.within_budget(SimpleNamespace(cfg=tokens, sample=over)) is None  # type: ignore[arg-type]

@@ -113,7 +113,7 @@ def test_other_changes_are_logged_in_the_same_segment(tmp_path, capsys):
     ("time_budget_s", "-3", "time_budget_s must be > 0"),
     ("env", "ANTHROPIC_API_KEY", "looks like a secret"),
     ("editable", "eval.py", "files both editable and fixed"),
-    ("budget", "5", "unknown key 'budget'"),
+    ("budgett", "5", "unknown key 'budgett'"),
     ("fixed_hashes", "x", "fixed_hashes is written by autoresearch"),
 ])
 def test_a_bad_change_is_refused_and_nothing_changes(tmp_path, capsys, key, value, said):
