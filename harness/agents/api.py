@@ -10,25 +10,49 @@ is waited out rather than failing the proposal; the total wait is capped by `max
 An `x-should-retry` header overrides the status. Any other API error raises `ProposalFailed`,
 which carries the usage so far.
 
+Until the API has answered once (any HTTP response), a connection error is most likely the
+set-up (no network, a firewall, a wrong ANTHROPIC_BASE_URL), not a blip: it is retried only
+`FIRST_CONTACT_WAITS_S` (1 + 2 + 4 s), a request that got no answer at all is not retried, and
+then `APIUnreachable` (one line and exit 2 from the CLI, saying how to run offline) ends the
+session; nothing was spent and nothing was edited yet, so nothing is lost. Once it has answered,
+connection errors back off like overload, so an overnight session outlives a network blip.
+Timeouts are explicit (`CONNECT_TIMEOUT_S`, `REQUEST_TIMEOUT_S`): the SDK's 10 minutes per
+attempt, multiplied by its own retries, was a silent quarter of an hour.
+
+Every wait is announced on stderr with its reason (a countdown on a terminal), and SIGINT or
+SIGTERM during a wait, or during a retried request, ends it at once with `Interrupted` (a
+KeyboardInterrupt: exit 130). During a first attempt SIGTERM does the same; a first Ctrl-C there
+goes to the controller's handler (finish the experiment, then stop), a second ends the request.
+
 The API key is read from the argument or ANTHROPIC_API_KEY, given to the client and never
 written anywhere: error texts pass through `scrub`, which callers also apply to tool results.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import re
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
 
 from harness.agents.base import AgentError
 from harness.agents.usage import Usage
+from harness.cli_common import UserError
 
 MAX_TOKENS = 16_000  # per response; room for adaptive thinking plus a whole-file write
+# A non-streamed answer of MAX_TOKENS takes minutes (the SDK's own estimate: 450 s for 16k tokens), and
+# nothing arrives before it is whole: the read timeout must cover that. A connection takes seconds.
 REQUEST_TIMEOUT_S = 600.0
+CONNECT_TIMEOUT_S = 10.0
+TIMEOUT_ENV = "AUTORESEARCH_API_TIMEOUT_S"  # overrides REQUEST_TIMEOUT_S (a slow proxy; tests)
+FIRST_CONTACT_WAITS_S = (1.0, 2.0, 4.0)  # retries of a connection error before the API ever answered
 BACKOFF_FIRST_S = 5.0
 BACKOFF_CAP_S = 300.0
 MAX_BACKOFF_ATTEMPTS = 8  # retries without a retry-after header
@@ -46,8 +70,26 @@ class ProposalFailed(AgentError):
         self.model = model
 
 
+class APIUnreachable(UserError):
+    """The API never answered: no network, a firewall, a wrong ANTHROPIC_BASE_URL. It is a UserError, not
+    an AgentError, so that it ends the session (one line, exit 2) instead of being logged as one more
+    failed proposal per iteration: every later proposal would fail the same way."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM while waiting for the API: nothing is running and nothing was edited, so the
+    command ends at once (cli.main: `autoresearch: interrupted`, exit 130)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 class MessagesClient:
-    """An Anthropic client for one model, with the retry policy of the module docstring."""
+    """An Anthropic client for one model, with the retry policy of the module docstring.
+
+    `sleep` waits between attempts (default: a countdown on stderr when it is a terminal, else a plain
+    sleep); `say` prints the one-line notice of each wait (default: stderr)."""
 
     def __init__(
         self,
@@ -55,8 +97,10 @@ class MessagesClient:
         model: str,
         api_key: str | None = None,
         base_url: str | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         max_wait_s: float = 3600,
+        say: Callable[[str], None] | None = None,
+        request_timeout_s: float | None = None,
     ):
         key = api_key or os.environ.get("ANTHROPIC_API_KEY")
         if not key:
@@ -69,12 +113,16 @@ class MessagesClient:
         self._anthropic = anthropic
         self._key = key
         self.model = model
-        self.sleep = sleep
+        self.sleep = sleep or countdown
+        self.say = say or _to_stderr
         self.max_wait_s = max_wait_s
         self.base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
+        self.timeout_s = request_timeout_s or _timeout_from_env()
         self.client = anthropic.Anthropic(
-            api_key=key, base_url=self.base_url, max_retries=0, timeout=REQUEST_TIMEOUT_S
+            api_key=key, base_url=self.base_url, max_retries=0,
+            timeout=anthropic.Timeout(self.timeout_s, connect=min(CONNECT_TIMEOUT_S, self.timeout_s)),
         )
+        self.answered = False  # any HTTP response from the API, this process: the network and URL work
         self._rng = random.Random()
 
     def __repr__(self) -> str:  # never show the key
@@ -98,12 +146,17 @@ class MessagesClient:
                                    "messages": messages, "tools": tools}
         backoffs = 0
         attempts = 0
+        started = time.monotonic()
         while True:
             usage.requests += 1
             attempts += 1
             try:
-                return self.client.messages.create(**request)
+                with _signals_end_the_call(retrying=attempts > 1):
+                    resp = self.client.messages.create(**request)
+                self.answered = True
+                return resp
             except anthropic.APIStatusError as exc:
+                self.answered = True
                 status = exc.status_code
                 kind = getattr(exc, "type", None) or _error_type(exc.body) or "error"
                 detail = getattr(exc, "api_message", None) or _error_message(exc.body) or ""
@@ -113,8 +166,13 @@ class MessagesClient:
                     raise self.fail(f"Anthropic {why}", usage) from None
                 delay = _retry_after(exc.response.headers)
             except anthropic.APIConnectionError as exc:
-                why = "request timed out" if isinstance(exc, anthropic.APITimeoutError) else "connection error"
+                why, no_answer = self._connection_why(exc)
                 delay = None
+                if not self.answered:
+                    retries = attempts - 1
+                    if no_answer or retries >= len(FIRST_CONTACT_WAITS_S):
+                        raise self._unreachable(why, attempts, time.monotonic() - started) from None
+                    delay = FIRST_CONTACT_WAITS_S[retries]
             except anthropic.APIError as exc:
                 raise self.fail(f"Anthropic API error: {type(exc).__name__}: {exc}", usage) from None
             if delay is None:
@@ -127,9 +185,97 @@ class MessagesClient:
                 raise self.fail(
                     f"Anthropic {why}; gave up after waiting {usage.wait_s:.0f}s over {attempts} attempts "
                     f"(next wait {delay:.0f}s would pass the {self.max_wait_s:g}s limit)", usage)
-            self.sleep(delay)
+            which = f"retry {attempts} of {len(FIRST_CONTACT_WAITS_S)}" if not self.answered else f"attempt {attempts + 1}"
+            with _signals_end_the_call(retrying=True):  # before the notice, which says that Ctrl-C stops
+                self.say(self.scrub(f"autoresearch: Anthropic {why}; retrying in {delay:.0f} s ({which}; Ctrl-C stops)"))
+                self.sleep(delay)
             usage.retries += 1
             usage.wait_s += delay
+
+    def _connection_why(self, exc: Exception) -> tuple[str, bool]:
+        """What went wrong with the connection, in a few words, and whether the request was sent and got no
+        answer at all (a read timeout: a retry would cost another `timeout_s`)."""
+        cause = exc.__cause__
+        name = type(cause).__name__ if cause is not None else ""
+        if isinstance(exc, self._anthropic.APITimeoutError):
+            if name == "ConnectTimeout":
+                return f"connection timed out after {CONNECT_TIMEOUT_S:g} s", False
+            return f"request timed out: no answer within {self.timeout_s:g} s", True
+        detail = " ".join(str(cause).split()) if cause is not None else ""
+        return f"connection error{': ' + detail if detail else ''}", False
+
+    def _unreachable(self, why: str, attempts: int, elapsed_s: float) -> APIUnreachable:
+        where = self.base_url or "https://api.anthropic.com"
+        return APIUnreachable(self.scrub(
+            f"the Anthropic API is unreachable at {where} ({why}; {attempts} attempt{'s' if attempts > 1 else ''} "
+            f"in {elapsed_s:.0f} s): check the network and ANTHROPIC_BASE_URL, or run offline with "
+            "`autoresearch run --agent mutate`"))
+
+
+def _timeout_from_env() -> float:
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None:
+        return REQUEST_TIMEOUT_S
+    try:
+        v = float(raw)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise UserError(f"{TIMEOUT_ENV} must be a positive number of seconds, not {raw!r}")
+    return v
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def countdown(seconds: float, stream: TextIO | None = None) -> None:
+    """Sleep `seconds`; on a terminal, show the seconds left, rewritten in place every second."""
+    out = stream or sys.stderr
+    if not out.isatty():
+        time.sleep(seconds)
+        return
+    end = time.monotonic() + seconds
+    try:
+        while (left := end - time.monotonic()) > 0:
+            out.write(f"\r  retrying in {math.ceil(left):>3d} s ")
+            out.flush()
+            time.sleep(min(1.0, left - math.floor(left) or 1.0, left))
+    finally:
+        out.write("\r" + " " * 22 + "\r")
+        out.flush()
+
+
+@contextlib.contextmanager
+def _signals_end_the_call(*, retrying: bool) -> Iterator[None]:
+    """While an API call or a wait between attempts blocks, SIGTERM ends it (`Interrupted`). So does SIGINT
+    during retries, when nothing is running and nothing was edited; during a first attempt a first Ctrl-C is
+    passed to the handler that was there (the controller's: finish the experiment, then stop) and a second
+    ends the call. Handlers can only be set from the main thread; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    if None in previous.values():  # a handler set outside Python: it cannot be put back, so leave it
+        yield
+        return
+    passed: list[int] = []
+
+    def handle(signum: int, frame: Any) -> None:
+        before = previous[signal.SIGINT]
+        if signum == signal.SIGINT and not retrying and not passed and callable(before):
+            passed.append(signum)
+            before(signum, frame)  # may raise KeyboardInterrupt itself (Python's default handler)
+            return
+        raise Interrupted(signum)
+
+    for s in previous:
+        signal.signal(s, handle)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _retry_after(headers: Any) -> float | None:

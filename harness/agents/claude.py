@@ -14,7 +14,6 @@ tools). Cost: prompt caching on the two stable system blocks and on the growing 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,7 +55,7 @@ class ClaudeAgent:
         max_turns: int = 12,
         api_key: str | None = None,
         base_url: str | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         max_wait_s: float = 3600,
     ):
         self.model = model
