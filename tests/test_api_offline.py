@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_anthropic import FakeAnthropic, error
-from toy import cli, git, lines, make_toy
+from fake_anthropic import FakeAnthropic, error, message, tool_use
+from toy import TRAIN, cli, git, lines, make_toy
 
 from harness import ledger
 from harness.agents import api
@@ -148,6 +148,36 @@ def test_a_signal_during_the_retry_wait_ends_the_run_at_once(ws, refusing_port, 
     assert rc == 130, "".join(seen) + rest
     assert "autoresearch: interrupted" in rest and "Traceback" not in rest
     assert_nothing_lost(ws, before)
+
+
+def test_a_signal_while_retrying_mid_session_logs_the_proposal_with_its_cost_and_stops(ws) -> None:
+    # the API has answered (one turn, which edited train.py), then is overloaded: SIGTERM during the backoff
+    # goes to the controller (abort) and the proposal fails with its usage: logged, its edit saved and undone
+    with FakeAnthropic() as fake:
+        edit = tool_use("write_file", {"path": "train.py", "content": TRAIN.replace("0.01", "0.02")})
+        fake.push(message(edit), *[error(529, "overloaded_error", "Overloaded")] * 8)
+        proc = start_run(ws, fake.url)
+        assert proc.stderr is not None
+        watchdog = threading.Timer(60, proc.kill)
+        watchdog.start()
+        for line in proc.stderr:
+            if "retrying in" in line:
+                break
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = finish(proc, 30)
+        took = time.monotonic() - t0
+        watchdog.cancel()
+    assert took < 4.0, (took, err)  # the backoff was 4-5 s
+    assert proc.returncode in (0, 143), (out, err)  # a loop the user stopped with SIGTERM (143 since issue 13 item 1)
+    assert "aborted by the user" in out and "Traceback" not in err
+    last = lines(ws)[-1]
+    assert last["status"] == "crash" and "interrupted (SIGTERM) while waiting for the Anthropic API" in last["reason"]
+    assert last["agent"]["turns"] == 1 and last["agent"]["input_tokens"] == 1000 and last["agent"]["cost_usd"] > 0
+    assert "0.02" in (ws / ".autoresearch" / "patches" / f"{last['run']}.diff").read_text()
+    assert git(ws, "status", "--porcelain") == "" and "LR = 0.01" in (ws / "train.py").read_text()
+    assert ledger.load_state(ws / "autoresearch.jsonl").chain.ok
+    assert not (ws / ".autoresearch" / "state.json").exists()
 
 
 # ------------------------------------------------------------------ the policy, in process

@@ -19,10 +19,13 @@ connection errors back off like overload, so an overnight session outlives a net
 Timeouts are explicit (`CONNECT_TIMEOUT_S`, `REQUEST_TIMEOUT_S`): the SDK's 10 minutes per
 attempt, multiplied by its own retries, was a silent quarter of an hour.
 
-Every wait is announced on stderr with its reason (a countdown on a terminal), and SIGINT or
-SIGTERM during a wait, or during a retried request, ends it at once with `Interrupted` (a
-KeyboardInterrupt: exit 130). During a first attempt SIGTERM does the same; a first Ctrl-C there
-goes to the controller's handler (finish the experiment, then stop), a second ends the request.
+Every wait is announced on stderr with its reason (a countdown on a terminal), and SIGINT and
+SIGTERM end a wait or a retried request at once. Before the API has answered, nothing was spent or
+edited: the command ends (`Interrupted`, a KeyboardInterrupt: exit 130), as it does for a first
+request that hangs. After, the signal first goes to the handler that was there (the controller's,
+which records the stop or the abort), and the proposal fails with its usage, so the controller logs
+it with its cost, undoes its edits and stops. A first request after the API has answered runs under
+the controller's handlers alone (a first Ctrl-C finishes the experiment, then stops).
 
 The API key is read from the argument or ANTHROPIC_API_KEY, given to the client and never
 written anywhere: error texts pass through `scrub`, which callers also apply to tool results.
@@ -77,12 +80,14 @@ class APIUnreachable(UserError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM while waiting for the API: nothing is running and nothing was edited, so the
-    command ends at once (cli.main: `autoresearch: interrupted`, exit 130)."""
+    """SIGINT or SIGTERM while waiting for the API. `passed`: the handler that was there has seen the signal
+    (the controller's, which then stops the loop), so `create` turns this into a ProposalFailed that carries
+    the usage; otherwise it ends the command (cli.main: `autoresearch: interrupted`, exit 130)."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, *, passed: bool = False):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.passed = passed
 
 
 class MessagesClient:
@@ -140,10 +145,19 @@ class MessagesClient:
     def create(self, system: list[dict[str, Any]], messages: list[dict[str, Any]], tools: list[dict[str, Any]],
                usage: Usage) -> Any:
         """One Messages API call with this module's retry policy (see the module docstring)."""
-        anthropic = self._anthropic
         # Plain JSON-shaped dicts, not the SDK's TypedDicts: the request is what context.py builds.
         request: dict[str, Any] = {"model": self.model, "max_tokens": MAX_TOKENS, "system": system,
                                    "messages": messages, "tools": tools}
+        try:
+            return self._create(request, usage)
+        except Interrupted as exc:
+            if not exc.passed:
+                raise
+            raise self.fail(f"interrupted ({signal.Signals(exc.signum).name}) while waiting for the Anthropic API",
+                            usage) from None
+
+    def _create(self, request: dict[str, Any], usage: Usage) -> Any:
+        anthropic = self._anthropic
         backoffs = 0
         attempts = 0
         started = time.monotonic()
@@ -151,7 +165,8 @@ class MessagesClient:
             usage.requests += 1
             attempts += 1
             try:
-                with _signals_end_the_call(retrying=attempts > 1):
+                # signals end a first request only while the API has never answered (a hang costs nothing)
+                with _signals_end_the_call(pass_on=self.answered, active=attempts > 1 or not self.answered):
                     resp = self.client.messages.create(**request)
                 self.answered = True
                 return resp
@@ -186,7 +201,7 @@ class MessagesClient:
                     f"Anthropic {why}; gave up after waiting {usage.wait_s:.0f}s over {attempts} attempts "
                     f"(next wait {delay:.0f}s would pass the {self.max_wait_s:g}s limit)", usage)
             which = f"retry {attempts} of {len(FIRST_CONTACT_WAITS_S)}" if not self.answered else f"attempt {attempts + 1}"
-            with _signals_end_the_call(retrying=True):  # before the notice, which says that Ctrl-C stops
+            with _signals_end_the_call(pass_on=self.answered):  # before the notice, which says that Ctrl-C stops
                 self.say(self.scrub(f"autoresearch: Anthropic {why}; retrying in {delay:.0f} s ({which}; Ctrl-C stops)"))
                 self.sleep(delay)
             usage.retries += 1
@@ -247,26 +262,25 @@ def countdown(seconds: float, stream: TextIO | None = None) -> None:
 
 
 @contextlib.contextmanager
-def _signals_end_the_call(*, retrying: bool) -> Iterator[None]:
-    """While an API call or a wait between attempts blocks, SIGTERM ends it (`Interrupted`). So does SIGINT
-    during retries, when nothing is running and nothing was edited; during a first attempt a first Ctrl-C is
-    passed to the handler that was there (the controller's: finish the experiment, then stop) and a second
-    ends the call. Handlers can only be set from the main thread; elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
+def _signals_end_the_call(*, pass_on: bool, active: bool = True) -> Iterator[None]:
+    """While an API call or a wait between attempts blocks, SIGINT and SIGTERM end it by raising `Interrupted`.
+    With `pass_on`, the handler that was there sees the signal first (the controller's records the stop or
+    the abort). Handlers can only be set from the main thread; elsewhere, or not `active`, this does nothing."""
+    if not active or threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict[int, Any] = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     if None in previous.values():  # a handler set outside Python: it cannot be put back, so leave it
         yield
         return
-    passed: list[int] = []
 
     def handle(signum: int, frame: Any) -> None:
-        before = previous[signal.SIGINT]
-        if signum == signal.SIGINT and not retrying and not passed and callable(before):
-            passed.append(signum)
-            before(signum, frame)  # may raise KeyboardInterrupt itself (Python's default handler)
+        before = previous[signum]
+        if before == signal.SIG_IGN:
             return
+        if pass_on and callable(before):
+            before(signum, frame)  # may raise KeyboardInterrupt itself (Python's default SIGINT handler)
+            raise Interrupted(signum, passed=True)
         raise Interrupted(signum)
 
     for s in previous:
