@@ -1,0 +1,76 @@
+"""Fit and finish of the command line (issue 13, items 4, 5, 6 and 10): a reader that goes away, a
+failed baseline, the PATH hint of the scripts, help strings and one-line errors.
+
+Real processes and real pipes where the behaviour is the process's (a broken pipe, an exit code);
+the parser itself is walked in process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from toy import cli, make_toy
+
+from harness import ledger, records
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def autoresearch(root: Path, *args: str, **kw) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "-C", str(root), *args], **kw)
+
+
+@pytest.fixture(scope="module")
+def long_session(tmp_path_factory) -> Path:
+    """A toy session whose ledger prints far more than a pipe holds (64 KiB): 1,500 runs."""
+    root = make_toy(tmp_path_factory.mktemp("long") / "ws")
+    assert cli(root, "experiment", "-d", "baseline") == 0
+    path = root / "autoresearch.jsonl"
+    state = ledger.load_state(path)
+    for i in range(state.next_run, state.next_run + 1500):
+        ledger.append(path, records.run_line(
+            run=i, commit="abcdef0", status="discard", description=f"experiment {i}: " + "a longer description " * 4,
+            metric=-1.5 - i / 1e4, metrics={"score": -1.5 - i / 1e4}, timestamp=1_800_000_000 + i, segment=0,
+            confidence=None, asi={"hypothesis": "it will not help"}, reason="worse"))
+    return root
+
+
+# ------------------------------------------------------------------ item 4: a reader that goes away
+
+
+def test_log_into_head_reads_one_line_and_exits_quietly(long_session) -> None:
+    proc = autoresearch(long_session, "log", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does after its line
+    err = proc.stderr.read().decode()
+    rc = proc.wait(timeout=60)
+    assert b"run" in first and b"status" in first
+    assert err == ""  # no traceback, no "Exception ignored ... BrokenPipeError"
+    assert rc == 141  # 128 + SIGPIPE, as git: a cut output is told from a complete one
+
+
+@pytest.mark.parametrize("command", ["log", "status", "resume"])
+def test_a_reader_gone_before_the_first_line_is_a_quiet_141(long_session, command) -> None:
+    read, write = os.pipe()
+    os.close(read)  # no reader at all: the command's first write fails
+    try:
+        proc = autoresearch(long_session, command, stdout=write, stderr=subprocess.PIPE)
+    finally:
+        os.close(write)
+    _, err = proc.communicate(timeout=60)
+    assert err.decode() == "" and proc.returncode == 141
+
+
+def test_head_in_a_shell_pipeline(long_session) -> None:
+    # the user's own line, through bash: one line out, nothing on the terminal, git's status under pipefail
+    script = (f"set -o pipefail; {sys.executable} -m harness.cli -C {long_session} log | head -1; "
+              "echo \"rc=${PIPESTATUS[0]}\"")
+    res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    out = res.stdout.splitlines()
+    assert len(out) == 2 and "status" in out[0] and out[1] == "rc=141"
+    assert res.stderr == ""
