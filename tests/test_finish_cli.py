@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from toy import cli, make_toy
+from toy import cli, make_toy, set_session
 
 from harness import ledger, records
 
@@ -74,3 +74,39 @@ def test_head_in_a_shell_pipeline(long_session) -> None:
     out = res.stdout.splitlines()
     assert len(out) == 2 and "status" in out[0] and out[1] == "rc=141"
     assert res.stderr == ""
+
+
+# ------------------------------------------------------------------ item 5: a failed baseline
+
+
+def run_proc(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness.cli", "-C", str(root), "run", "--agent", "mutate", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_crashing_baseline_is_a_failed_run_with_its_last_lines(tmp_path) -> None:
+    crash = "print('loading the data')\nraise SystemExit('RuntimeError: CUDA out of memory (the real reason)')\n"
+    root = make_toy(tmp_path / "ws", evaluate=crash)
+    res = run_proc(root, "--max-iterations", "5")
+    assert res.returncode == 1, res.stdout + res.stderr
+    out = res.stdout
+    assert "the baseline run failed (exit code 1)" in out
+    assert "| RuntimeError: CUDA out of memory (the real reason)" in out and "| loading the data" in out
+    assert "make `bash autoresearch.sh` work" in out  # here the command is what is broken
+    assert "Traceback" not in res.stderr
+    assert len(ledger.load_state(root / "autoresearch.jsonl").runs) == 1  # it stopped at the first failure
+
+
+def test_a_baseline_refused_by_a_check_names_the_check_not_the_command(tmp_path) -> None:
+    # the quickstart's case: the command works (by hand too), but the budget check refuses the result
+    slow = "import time\ntime.sleep(1.0)\nprint('METRIC score=1.0')\n"
+    root = make_toy(tmp_path / "ws", evaluate=slow)
+    set_session(root, time_budget_s=0.2, startup_allowance_s=0.0, startup_allowance_frac=0.0, eval_allowance_s=0.0)
+    res = run_proc(root, "--max-iterations", "5")
+    assert res.returncode == 1, res.stdout + res.stderr
+    out = res.stdout
+    assert "the baseline ran, but a check refused its result" in out and "over the allowance" in out
+    assert "work (" not in out and "make `" not in out  # not the wrong hint: the command works
+    assert "autoresearch.toml" in out
+    [only] = ledger.load_state(root / "autoresearch.jsonl").runs
+    assert only.status == "checks_failed"
