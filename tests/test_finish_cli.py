@@ -110,3 +110,46 @@ def test_a_baseline_refused_by_a_check_names_the_check_not_the_command(tmp_path)
     assert "autoresearch.toml" in out
     [only] = ledger.load_state(root / "autoresearch.jsonl").runs
     assert only.status == "checks_failed"
+
+
+# ------------------------------------------------------------------ item 6: autoresearch on PATH
+
+
+def fresh_shell(script: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """A new login-less shell as a new terminal has it: a bare PATH without the venv, nothing inherited."""
+    return subprocess.run(["env", "-i", f"HOME={home}", "PATH=/usr/local/bin:/usr/bin:/bin", "bash", "--norc",
+                           "--noprofile", "-c", script], capture_output=True, text=True, timeout=60)
+
+
+def test_setup_says_how_to_get_autoresearch_on_path_and_each_way_works_in_a_new_shell(tmp_path) -> None:
+    res = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh"), "--path-hint"], capture_output=True, text=True,
+                         timeout=30)
+    assert res.returncode == 0, res.stderr
+    hint = res.stdout.splitlines()
+    exe = str(REPO / ".venv" / "bin" / "autoresearch")
+    assert fresh_shell("command -v autoresearch", tmp_path).returncode != 0  # a new shell lacks it: the hint is needed
+    activate = next(ln.strip() for ln in hint if ln.strip().startswith("source "))
+    export = next(ln.strip() for ln in hint if "export PATH=" in ln).split("or: ", 1)[1].split(", e.g.")[0]
+    assert exe in hint[0]
+    for way in (activate, export):
+        r = fresh_shell(f"{way} && command -v autoresearch && autoresearch --version", tmp_path)
+        assert r.returncode == 0, (way, r.stderr)
+        assert r.stdout.splitlines()[0] == exe and r.stdout.splitlines()[1].startswith("autoresearch ")
+
+
+def test_the_quickstarts_next_line_works_in_a_new_shell(tmp_path) -> None:
+    ws = tmp_path / "my runs" / "quickstart"  # a space in the path, which the line must quote
+    res = subprocess.run(["bash", str(REPO / "scripts" / "quickstart.sh"), "--hint"], capture_output=True, text=True,
+                         timeout=30, env={**os.environ, "DIR": str(ws)})
+    assert res.returncode == 0, res.stderr
+    nxt = res.stdout.splitlines()[-1]
+    assert nxt.startswith("next: ")
+    command = nxt.removeprefix("next: ")
+    make_toy(ws)
+    # the line exactly as printed, in a new shell; --help makes it parse its arguments and stop there
+    r = fresh_shell(f"{command} --help", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "usage: autoresearch run" in r.stdout and "--max-iterations" in r.stdout
+    r = fresh_shell(command.replace(" run --max-iterations 20", " status"), tmp_path)  # and it reaches the workspace
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("session ") and "autoresearch/t" in r.stdout
