@@ -11,10 +11,14 @@ import argparse
 import json
 import os
 import sys
+import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import config as config_mod
+
+if TYPE_CHECKING:
+    from harness.ledger import LedgerState
 
 
 class UserError(Exception):
@@ -63,3 +67,55 @@ def json_object(text: str, flag: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise UserError(f"{flag} must be a JSON object, not {type(obj).__name__}")
     return obj
+
+
+def require_session(root: Path) -> None:
+    """A command that appends to a session's ledger (log-experiment's run line) must find one: outside a
+    workspace it would start a ledger in whatever directory it was run from."""
+    from harness import ledger  # here: cli_common is imported for `--help`, which must stay instant
+
+    if not (root / config_mod.CONFIG_NAME).exists() and not ledger.ledger_path(root).exists():
+        raise UserError(f"{root} is not an autoresearch workspace (no {config_mod.CONFIG_NAME}, no "
+                        f"{ledger.LEDGER_NAME}): run it in one, or give -C DIR; `autoresearch init` makes one, "
+                        "`log-experiment --config` starts a ledger")
+
+
+def check_segment(state: LedgerState, segment: int | None) -> None:
+    """`--segment N` names a segment the ledger has; else the view would be an empty table that looks like
+    a session without runs."""
+    if segment is None:
+        return
+    known = sorted({s.index for s in state.segments} | {r.segment for r in state.runs})
+    if segment not in known:
+        if not known:
+            has = "no segments"
+        elif len(known) == 1:
+            has = f"only segment {known[0]}"
+        else:
+            has = "segments " + (", ".join(map(str, known)) if len(known) < 6 else f"{known[0]} to {known[-1]}")
+        raise UserError(f"no segment {segment} in the ledger (it has {has})")
+
+
+def target_budgets(assets: Path | None = None) -> list[tuple[str, float, float | None]]:
+    """(name, budget with a GPU, budget without) of each built-in target, from its target.toml, for
+    `init --budget`'s help: read when the parser is built, so only tomllib (already loaded by the config)
+    and no target module. A target.toml that does not read is left out: `init` itself says what is wrong."""
+    from harness import resources
+
+    root = assets if assets is not None else resources.assets_dir()
+    out = []
+    for path in sorted(root.glob("*/target.toml")):
+        try:
+            t = tomllib.loads(path.read_text(encoding="utf-8")).get("target", {})
+            gpu = float(t.get("time_budget_s", 300))
+            cpu = float(t["cpu_time_budget_s"]) if "cpu_time_budget_s" in t else None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, TypeError, ValueError):
+            continue
+        out.append((path.parent.name, gpu, cpu))
+    return out
+
+
+def budget_help(budgets: list[tuple[str, float, float | None]]) -> str:
+    per = "; ".join(f"{name} {gpu:g} with a GPU" + ("" if cpu is None else f", {cpu:g} without") for name, gpu, cpu in budgets)
+    return ("training time budget per experiment, in seconds (default: the target's" + (f": {per}" if per else "")
+            + "; a custom target 300)")
