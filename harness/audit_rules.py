@@ -52,8 +52,9 @@ class AuditScope:
 # ------------------------------------------------------------------------------ the names the rules know
 
 VAL_SPLITS = frozenset({"val", "valid", "validation", "heldout", "test"})
-_DATALOADERS = frozenset({"make_dataloader", "dataloader", "load_split", "iter_split", "_split_files",
-                          "_document_batches"})
+# load_split(s), rows: the post-training kit's data (armath.load_splits(spec)["val"], prepared.rows("val"))
+_DATALOADERS = frozenset({"make_dataloader", "dataloader", "load_split", "load_splits", "rows", "iter_split",
+                          "_split_files", "_document_batches"})
 _VAL_ATTR = re.compile(r"^(?:val|valid|validation|heldout|test)_(?:files?|dir|docs|data|path|shards?|split)$")
 _OPENERS = frozenset({"builtins.open", "io.open", "codecs.open", "os.open"})
 _PATH_WRITERS = frozenset({"os.remove", "os.unlink", "os.truncate", "os.chmod", "os.chown", "os.utime", "os.rename",
@@ -85,7 +86,8 @@ _CALLABLE_MAKERS = frozenset({"functools.partial", "functools.wraps", "torch.com
 # ------------------------------------------------------------------------------------------- the checks
 
 _CHECKED = frozenset({ast.Import, ast.ImportFrom, ast.Name, ast.Attribute, ast.Constant, ast.Assign, ast.AugAssign,
-                      ast.AnnAssign, ast.Delete, ast.For, ast.AsyncFor, ast.withitem, ast.Call})  # what _node reads
+                      ast.AnnAssign, ast.Delete, ast.For, ast.AsyncFor, ast.withitem, ast.Call,
+                      ast.Subscript})  # what _node reads
 Hit = tuple[str, ast.AST, Lines, str]  # rule, node (its line is reported), lines it depends on, detail
 
 
@@ -159,6 +161,8 @@ class Checks:
             yield from self._store(node.context_expr, node.optional_vars, None)
         elif isinstance(node, ast.Call):
             yield from self._call(node)
+        if isinstance(node, ast.Subscript):
+            yield from self._val_subscript(node)
 
     def _import(self, node: ast.Import | ast.ImportFrom) -> Iterator[Hit]:
         mods = self.scope.modules
@@ -176,6 +180,33 @@ class Checks:
                     yield "fixed-private", node, lines_of(node), f"{module}.{a.name}"
                 if a.name == KIT:
                     yield "kit-use", node, lines_of(node), ""
+
+    def _val_subscript(self, node: ast.Subscript) -> Iterator[Hit]:
+        """`X["val"]` where X comes from a fixed module (a loader returning every split, such as the
+        post-training kit's `armath.load_splits(spec)`): the validation or held-out data by key."""
+        keys = [(exact(k), kl) for k, kl in self.ix.fold(node.slice)]
+        hits = [(k, kl) for k, kl in keys if k is not None and k.lower() in VAL_SPLITS]
+        if hits and (ln := self._from_fixed(node.value)) is not None:
+            yield "validation-data", node, lines_of(node) | ln | hits[0][1], repr(hits[0][0])
+
+    def _from_fixed(self, e: ast.expr, depth: int = 0) -> Lines | None:
+        """The lines through which `e` is a value a fixed module made (a call of it, a name bound to one, an
+        attribute or method of one), else None. Call results are not followed by harness.resolve."""
+        if depth > 3:
+            return None
+        if isinstance(e, ast.Call):
+            e = e.func
+        if isinstance(e, ast.Attribute | ast.Name):
+            for d, dl in self.ix.paths(e):
+                if _rooted(d, self.scope.modules) or d.rsplit(".", 1)[-1] in _DATALOADERS:
+                    return lines_of(e) | dl
+        if isinstance(e, ast.Attribute):
+            return self._from_fixed(e.value, depth + 1)
+        if isinstance(e, ast.Name):
+            for v, vl in self.ix.values.get(e.id, []):
+                if (found := self._from_fixed(v, depth + 1)) is not None:
+                    return found | vl
+        return None
 
     def _reference(self, node: ast.Name | ast.Attribute) -> Iterator[Hit]:
         """A name or attribute read: what it resolves to may be the kit, a private name of a fixed module,
@@ -303,7 +334,8 @@ class Checks:
                     yield "result-channel", node, here | ln, ""
 
     def _validation(self, node: ast.Call, callee: set[str], here: Lines, args: list[ast.expr]) -> Iterator[Hit]:
-        loads = any(_rooted(c, self.scope.modules) or c.rsplit(".", 1)[-1] in _DATALOADERS for c in callee)
+        loads = any(_rooted(c, self.scope.modules) or c.rsplit(".", 1)[-1] in _DATALOADERS for c in callee) or (
+            isinstance(node.func, ast.Attribute) and self._from_fixed(node.func.value) is not None)  # prepared.rows(...)
         for a in args:
             is_split = any(k.value is a and k.arg == "split" for k in node.keywords)
             if not (loads or is_split):
