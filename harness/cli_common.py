@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import shutil
 import sys
 import tomllib
 from pathlib import Path
@@ -119,3 +121,14 @@ def budget_help(budgets: list[tuple[str, float, float | None]]) -> str:
     per = "; ".join(f"{name} {gpu:g} with a GPU" + ("" if cpu is None else f", {cpu:g} without") for name, gpu, cpu in budgets)
     return ("training time budget per experiment, in seconds (default: the target's" + (f": {per}" if per else "")
             + "; a custom target 300)")
+
+
+def program() -> str:
+    """How a printed "next:" command should name this program: `autoresearch` when PATH finds this same
+    install, else its full path (a .venv/bin that a new shell lacks on PATH: `command not found` there)."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    mine = argv0 if argv0 is not None and argv0.name == "autoresearch" else Path(sys.executable).with_name("autoresearch")
+    found = shutil.which("autoresearch")
+    if found and mine.exists() and Path(found).resolve() == mine.resolve():
+        return "autoresearch"
+    return shlex.quote(str(mine.absolute())) if mine.is_file() else "autoresearch"
