@@ -38,6 +38,12 @@ SESSION_FILES = ("autoresearch.md", "autoresearch.ideas.md", "autoresearch.sh", 
 DEFAULT_DATA = "offline-math"  # what {data} in a post-training target's prepare command is without --data
 
 
+def default_data(target: Target) -> str:
+    """The data spec a session of `target` prepares when init has no --data: the target's own default
+    ([target] data, e.g. the sft target's CPU-sized offline-math:levels=1), else DEFAULT_DATA."""
+    return target.data or DEFAULT_DATA
+
+
 def default_tag(now: dt.datetime) -> str:
     """karpathy's convention: the date, e.g. `nov21`."""
     return now.strftime("%b").lower() + str(now.day)
@@ -190,7 +196,7 @@ def init_workspace(
     on_cpu = (target.cpu_time_budget_s is not None or bool(target.cpu_settings)) and not cuda_available()
     cpu_budget = on_cpu and target.cpu_time_budget_s is not None and budget_s is None
     budget = budget_s or (target.cpu_time_budget_s if cpu_budget else target.time_budget_s) or 300.0
-    prepare = (target.prepare.replace("{dataset}", dataset or "local").replace("{data}", data or DEFAULT_DATA)
+    prepare = (target.prepare.replace("{dataset}", dataset or "local").replace("{data}", data or default_data(target))
                if target.prepare else None)
     generated = dict(generated or {})
     clash = sorted(set(generated) & {*target.editable, *target.fixed_files})

@@ -56,6 +56,7 @@ class Target:
     kit: Path | None = None  # the fixed kit copied to the workspace as arkit.py (built-in targets)
     kit_modules: tuple[str, ...] = ()  # [target] kit: shared modules of assets/, copied beside arkit.py, fixed
     base: BaseNeed = "none"  # "required": init resolves --base and writes base.json (harness.bases)
+    data: str | None = None  # [target] data: what {data} in `prepare` is when init has no --data
 
     @property
     def fixed_files(self) -> tuple[str, ...]:
@@ -117,6 +118,7 @@ SCHEMA: dict[str, Schema] = {
         "cpu_time_budget_s": (False, _is_positive, "a number > 0"),
         "kit": (False, _is_paths, "a list of file names"),
         "base": (False, lambda x: x in BASE_NEEDS, " or ".join(f'"{b}"' for b in BASE_NEEDS)),
+        "data": (False, lambda x: isinstance(x, str) and bool(x.strip()), "a data spec (a non-empty string)"),
     },
     "metric": {
         "name": (True, _is_str, "a string"),
@@ -226,6 +228,8 @@ def read_target(folder: Path) -> Target:
     problems += _table_problems(data, "target") + _table_problems(data, "metric")
     if not problems:  # the file checks need the types right
         problems += _file_problems(folder, data["target"], kit_or_none)
+        if "data" in data["target"] and "{data}" not in data["target"].get("prepare", ""):
+            problems.append("[target] data: the prepare command has no {data} for it to fill")
     problems += _session_problems(data)
     if problems:
         raise InitError(f"{path}: " + "; ".join(problems))
@@ -246,4 +250,5 @@ def read_target(folder: Path) -> Target:
         kit=kit_or_none,
         kit_modules=tuple(t.get("kit", ())),
         base=t.get("base", "none"),
+        data=t.get("data"),
     )

@@ -242,3 +242,35 @@ def test_init_copies_the_shared_kit_modules_as_fixed_hashed_files(tmp_path: Path
 def test_a_target_without_a_kit_key_has_no_shared_modules_and_needs_no_base(tmp_path: Path) -> None:
     t = load_target("toy", make_assets(tmp_path))
     assert t.kit_modules == () and t.base == "none"
+
+
+def test_a_target_data_default_fills_prepare_when_init_has_no_data(tmp_path: Path) -> None:
+    # [target] data is the target's own default spec: the sft target's CPU preset is offline-math:levels=1
+    toml = _replace('fixed = ["eval.py"]', 'fixed = ["eval.py"]\nprepare = "python eval.py --data {data}"\n'
+                    'data = "offline-math:levels=1"')
+    target = load_target("toy", make_assets(tmp_path, toml))
+    assert target.data == "offline-math:levels=1"
+    cfg, _ = init_workspace(tmp_path / "ws", target, tag="t")
+    assert cfg.prepare_command == "python eval.py --data offline-math:levels=1"
+    given, _ = init_workspace(tmp_path / "ws2", target, tag="t", data="gsm8k")  # --data still wins
+    assert given.prepare_command == "python eval.py --data gsm8k"
+
+
+def test_without_a_target_data_default_prepare_gets_the_harness_default(tmp_path: Path) -> None:
+    toml = _replace('fixed = ["eval.py"]', 'fixed = ["eval.py"]\nprepare = "python eval.py --data {data}"')
+    target = load_target("toy", make_assets(tmp_path, toml))
+    assert target.data is None
+    cfg, _ = init_workspace(tmp_path / "ws", target, tag="t")
+    assert cfg.prepare_command == "python eval.py --data offline-math"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('data = ""', "[target] data must be a data spec (a non-empty string)"),
+    ("data = 3", "[target] data must be a data spec (a non-empty string)"),
+    ('data = "gsm8k"', "[target] data: the prepare command has no {data} for it to fill"),
+])
+def test_a_bad_target_data_is_one_line(tmp_path: Path, extra: str, message: str) -> None:
+    toml = _replace('fixed = ["eval.py"]', f'fixed = ["eval.py"]\n{extra}')
+    with pytest.raises(InitError) as e:
+        load_target("toy", make_assets(tmp_path, toml))
+    assert message in str(e.value) and "target.toml" in str(e.value)
