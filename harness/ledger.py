@@ -14,6 +14,9 @@ Format (README "The ledger format"; pi-autoresearch's, https://github.com/davebc
   "segment","confidence","asi"}` plus our fields `duration_s`, `diff`, `agent`, ...;
 - `{"type":"reseal","broken_at","breaks","why","timestamp"}`: the user accepted a broken chain
   (`autoresearch resume --accept-ledger`);
+- `{"type":"config_change","changes":{key:[old,new]},"how","commit","timestamp"}`: autoresearch.toml
+  changed (`autoresearch config`, or a hand edit committed when `run` starts); a change of what the
+  metric means is a config header instead (a new segment) carrying the same object as `config_change`;
 - anything else (hook lines, unknown types, lines without `run`) is skipped.
 `prev` is one more field on every line we write; pi-autoresearch ignores fields it does not know.
 Crash rows carry `metric: 0` like the seed's and pi-autoresearch's logs; readers here never
@@ -44,15 +47,33 @@ Status = Literal["keep", "discard", "crash", "checks_failed"]
 STATUSES: tuple[Status, ...] = get_args(Status)
 LEDGER_NAME = "autoresearch.jsonl"
 PI_LEDGER = Path(".auto") / "log.jsonl"  # pi-autoresearch >= 1.6 layout
+# pi's session files in its current layout (pi: extensions/pi-autoresearch/paths.ts, SESSION_FILE_NAMES and
+# currentLayoutExists), plus its hooks directory: any one of them puts a workspace in the `.auto/` layout.
+PI_LAYOUT = ("log.jsonl", "prompt.md", "ideas.md", "checks.sh", "measure.sh", "config.json", "hooks")
 _MS_THRESHOLD = 1e11  # seconds since 1970 pass this in the year 5138; ms passed it in 1973
 
 
+def pi_layout(root: Path) -> bool:
+    """Whether pi-autoresearch would use its `.auto/` layout here: any of its current session files exists."""
+    return any((root / ".auto" / name).exists() for name in PI_LAYOUT)
+
+
 def ledger_path(root: Path) -> Path:
-    """Where the workspace's ledger lives: ours, else pi-autoresearch's `.auto/log.jsonl`."""
-    ours = root / LEDGER_NAME
-    if ours.exists() or not (root / PI_LEDGER).exists():
-        return ours
-    return root / PI_LEDGER
+    """Where the workspace's ledger lives, by pi-autoresearch's rule so both tools read the same file.
+
+    pi (extensions/pi-autoresearch/paths.ts, `sessionFilePath`): "If any current `.auto/` session artifact
+    exists, stay in the current layout for every file and ignore stale legacy peers. Fall back to a legacy
+    flat file only when no current layout exists." So with `.auto/` in use its `log.jsonl` is the ledger,
+    even beside a flat `autoresearch.jsonl`; otherwise the flat file, which is also where we, the seed's
+    plugin and codex-autoresearch start a new session (pi would start `.auto/log.jsonl`).
+    """
+    return root / PI_LEDGER if pi_layout(root) else root / LEDGER_NAME
+
+
+def ignored_peer(root: Path) -> Path | None:
+    """The flat `autoresearch.jsonl` that pi's rule leaves unread beside an `.auto/` layout, if there is one."""
+    flat = root / LEDGER_NAME
+    return flat if pi_layout(root) and flat.exists() else None
 
 
 # ---------------------------------------------------------------------------- records
@@ -128,7 +149,31 @@ class Calibration(NamedTuple):
     raw: dict[str, Any]
 
 
-Entry = SessionHeader | RunRecord | NoteRecord | Calibration
+class ConfigEvent(NamedTuple):
+    """A committed change of autoresearch.toml: a `config_change` line, or a config header's `config_change`
+    (then the change altered what the metric means and started a new segment)."""
+
+    changes: dict[str, Any]  # key -> [old, new]
+    how: str  # "config" (`autoresearch config KEY VALUE`) or "hand edit" (found and committed by run/experiment)
+    commit: str  # the config commit
+    timestamp: float
+    new_segment: bool
+    segment: int = 0  # set by the fold: the segment the change leads into
+    raw: dict[str, Any] = {}  # noqa: RUF012 - never mutated
+
+
+Entry = SessionHeader | RunRecord | NoteRecord | Calibration | ConfigEvent
+
+
+def _config_event(payload: Any, new_segment: bool) -> ConfigEvent | None:
+    if not isinstance(payload, dict):
+        return None
+    changed = payload.get("changes")
+    changed = {str(k): v for k, v in changed.items() if isinstance(v, list) and len(v) == 2} \
+        if isinstance(changed, dict) else {}  # key -> [old, new]; anything else is not ours to show
+    return ConfigEvent(changes=changed, how=str(payload.get("how", "")),
+                       commit=str(payload.get("commit", "")), timestamp=_num(payload.get("timestamp")) or 0.0,
+                       new_segment=new_segment, raw=payload)
 
 
 def _num(x: Any) -> float | None:
@@ -163,6 +208,8 @@ def parse_entry(obj: Any, lineno: int = 0) -> Entry | None:
         if sigma is None or sigma < 0:
             raise ValueError(f"calibration sigma must be a number >= 0, not {obj.get('sigma')!r}")
         return Calibration(sigma=sigma, n=int(obj.get("n") or 0), raw=obj)
+    if obj.get("type") == "config_change":
+        return _config_event(obj, new_segment=False)
     if obj.get("type") == "learnings":
         agent = obj.get("agent")
         return NoteRecord(after_run=obj.get("after_run"), agent=agent if isinstance(agent, dict) else None, raw=obj)
@@ -297,6 +344,11 @@ class Segment:
         return self.header.direction
 
     @property
+    def imported(self) -> bool:
+        """Its runs came from another tool's file (`import --tsv`): measured elsewhere, perhaps on other hardware."""
+        return bool(self.header.raw.get("imported_from"))
+
+    @property
     def baseline_run(self) -> RunRecord | None:
         """The first run of the segment with a valid result (the loop's baseline is a keep)."""
         return next((r for r in self.runs if r.value is not None), None)
@@ -351,6 +403,7 @@ class LedgerState:
     bad_lines: tuple[BadLine, ...] = ()
     notes: tuple[NoteRecord, ...] = ()
     chain: ChainReport = EMPTY  # from load_state; a fold of bare entries has none to report
+    config_changes: tuple[ConfigEvent, ...] = ()
 
     @property
     def cost_usd(self) -> float:
@@ -393,9 +446,12 @@ def fold(entries: Iterable[Entry], bad_lines: tuple[BadLine, ...] = (), chain: C
     segments: list[tuple[SessionHeader, list[RunRecord]]] = []
     calibrations: dict[int, Calibration] = {}
     notes: list[NoteRecord] = []
+    changes: list[ConfigEvent] = []
     for entry in entries:
         if isinstance(entry, NoteRecord):
             notes.append(entry)
+        elif isinstance(entry, ConfigEvent):
+            changes.append(entry._replace(segment=max(len(segments) - 1, 0)))
         elif isinstance(entry, Calibration):
             if not segments:
                 segments.append((_DEFAULT_HEADER, []))
@@ -405,6 +461,9 @@ def fold(entries: Iterable[Entry], bad_lines: tuple[BadLine, ...] = (), chain: C
                 segments[-1] = (entry, segments[-1][1])
             else:
                 segments.append((entry, []))
+            event = _config_event(entry.raw.get("config_change"), new_segment=True)
+            if event is not None:
+                changes.append(event._replace(segment=len(segments) - 1))
         else:
             if not segments:
                 segments.append((_DEFAULT_HEADER, []))
@@ -415,6 +474,7 @@ def fold(entries: Iterable[Entry], bad_lines: tuple[BadLine, ...] = (), chain: C
         bad_lines=bad_lines,
         notes=tuple(notes),
         chain=chain,
+        config_changes=tuple(changes),
     )
 
 
@@ -568,3 +628,15 @@ def header_line(name: str, metric_name: str, metric_unit: str, direction: Direct
         "bestDirection": direction,
         **extra,
     }
+
+
+# Fields of a config header that say where the session's metric comes from (the target, its kit, the harness):
+# a new segment started by a config change, or to measure an imported session again, carries them over.
+_NOT_CARRIED = frozenset({"type", "name", "metricName", "metricUnit", "bestDirection", "prev", "config_change",
+                          "imported_from", "reason", "time_budget_s"})
+
+
+def carried(header: SessionHeader | None) -> dict[str, Any]:
+    """The provenance fields of `header` that a following segment's header repeats."""
+    return {k: v for k, v in (header.raw if header else {}).items() if k not in _NOT_CARRIED}
+

@@ -35,7 +35,7 @@ from typing import Any
 
 import git
 
-from harness import capacity, checks, gate, ledger, notes, records
+from harness import capacity, checks, contention, gate, ledger, notes, records
 from harness.agents.base import Agent, AgentError, Proposal
 from harness.checks import normalized_diff_hash
 from harness.config import Config
@@ -49,7 +49,7 @@ from harness.stoprules import Interrupts, StopRules, parse_until, should_stop
 from harness.workspace import Workspace, WorkspaceError, short
 
 __all__ = [
-    "Controller", "ControllerError", "Interrupts", "IterationResult", "LockedError", "StopRules", "WorkspaceLock",
+    "LOOP_LOG", "Controller", "ControllerError", "Interrupts", "IterationResult", "Signals", "LockedError", "StopRules", "WorkspaceLock",
     "format_result", "normalized_diff_hash", "parse_until",
 ]
 
@@ -66,6 +66,59 @@ def _fault(point: str) -> None:
     """
     if os.environ.get("AUTORESEARCH_FAULT") == point:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+# The controller's own output when no terminal shows it: a detached `run --detach` writes all of it here,
+# and a controller whose terminal closed (SIGHUP) writes the rest of it here (in .autoresearch/).
+LOOP_LOG = "loop.log"
+
+
+@dataclass
+class Signals(Interrupts):
+    """`Interrupts` (Ctrl-C finishes the run in flight, a second Ctrl-C or SIGTERM abandons it), plus SIGHUP:
+    a closed terminal or a dropped SSH connection is handled as SIGTERM, unless SIGHUP was ignored when we
+    started (`nohup`), and what the controller prints after it goes to `hangup_log` (a write to a hung-up
+    terminal fails with EIO). The first signal sets the exit status, 128 + its number as for a process a
+    signal killed: 130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP."""
+
+    first: int | None = None
+    hangup_log: Path | None = None
+    _terminal_fds: tuple[int, ...] = ()
+
+    def install(self) -> None:
+        super().install()
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._handle)
+        self._terminal_fds = tuple(fd for fd in (1, 2) if os.isatty(fd))  # after a hangup isatty says no
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.first is None else 128 + self.first
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.first = self.first or signum
+        if signum == signal.SIGHUP:
+            where = self._leave_terminal()
+            self.printer("\nautoresearch: hangup (SIGHUP: the terminal closed or the connection dropped)"
+                         + (f"; the rest of the output goes to {where}" if where else ""))
+            signum = signal.SIGTERM
+        super()._handle(signum, frame)
+
+    def _leave_terminal(self) -> str | None:
+        """Point stdout and stderr, where they were the terminal, at `hangup_log` (/dev/null if it cannot
+        be opened); what is still buffered for the terminal goes there too. Returns where, if anywhere."""
+        if not self._terminal_fds:
+            return None
+        target = str(self.hangup_log or os.devnull)
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError:
+            target, fd = os.devnull, os.open(os.devnull, os.O_WRONLY)
+        for tty in self._terminal_fds:
+            os.dup2(fd, tty)
+        os.close(fd)
+        self._terminal_fds = ()
+        return target
 
 
 @dataclass(frozen=True)
@@ -110,10 +163,11 @@ class Controller:
         self.ledger_path = ledger.ledger_path(self.root)
         self.state_dir = self.ws.state_dir
         self.journal = Journal(self.ws, cfg, self.ledger_path, clock=clock, say=printer)
-        self.interrupts = Interrupts(printer=printer)
+        self.interrupts = Signals(printer=printer, hangup_log=self.state_dir / LOOP_LOG)
         self.executor: Executor = executor or make_executor(
             self.ws, cfg, runner=runner, progress=progress, cancel=lambda: self.interrupts.abort_requested)
         self.pre_run, self.post_run = tuple(pre_run), tuple(post_run)
+        self._contended_runs: list[dict[str, Any]] = []  # this experiment's contended runs (harness.contention)
 
     # ------------------------------------------------------------ state and checks
     def load_ledger(self) -> ledger.LedgerState:
@@ -187,7 +241,7 @@ class Controller:
     def iterate(self, agent: Agent | None, proposal: Proposal | None = None) -> IterationResult:
         """One experiment. `agent` proposes edits; or `proposal` describes edits already in the tree
         (external agents); with neither, and no baseline yet, this is the baseline run."""
-        state = self.load_ledger()
+        state = self._measured_here(self.load_ledger())
         seg = state.current
         run, t0 = state.next_run, self.clock()
         baseline = seg is None or seg.baseline_run is None
@@ -247,8 +301,9 @@ class Controller:
         self.journal.write(st)
         _fault("after_state_running")
 
-        # 4. run (the executor, then the post-run checks), decide, and let the noise gate confirm
-        first = self._sample(run, commit, 0)
+        # 4. run (the executor, then the post-run checks; a contended run again), decide, and let the noise gate confirm
+        self._contended_runs = []
+        first = self._judged(run, commit, 0, None if baseline else self._reference(seg), None)
         _fault("after_run")
         moved = self._head_moved(run, commit)
         if moved:
@@ -282,13 +337,29 @@ class Controller:
         prune_checkpoints(self.state_dir / "checkpoints", run, m.decision.status == "keep")
         self.journal.clear()
         stop = None
-        if baseline and m.decision.status != "keep":
-            stop = (
-                f"the baseline run failed ({m.decision.reason}); the agent cannot fix the target: make "
-                f"`{self.cfg.command}` work (and print METRIC {self.cfg.metric.name}=<number>), then run again. "
-                f"Log: {failed.res.log_path}"
-            )
+        busy = next((x.contended for x in m.samples if x.contended), None)
+        if baseline and m.decision.status != "keep" and busy:
+            stop = (f"the baseline could not be measured: the machine was contended ({busy}). Run again when "
+                    "nothing else is using it, or use a token budget (README \"Noise-aware keeps\")")
+        elif baseline and m.decision.status != "keep":
+            stop = baseline_failure(m.decision, failed, self.cfg)
         return IterationResult(rec, m.decision, stop)
+
+    def _measured_here(self, state: ledger.LedgerState) -> ledger.LedgerState:
+        """An imported segment (`import --tsv`) was measured elsewhere, perhaps on other hardware: nothing is
+        kept against its best. A new segment starts, so this run is a baseline measured on this machine."""
+        seg = state.current
+        if seg is None or not seg.imported:
+            return state
+        self.say(f"segment {seg.index} was imported from {seg.header.raw.get('imported_from')}: measuring the "
+                 f"baseline on this machine, in a new segment, before anything is kept")
+        cfg = self.cfg
+        ledger.append(self.ledger_path, ledger.header_line(
+            cfg.name, cfg.metric.name, cfg.metric.unit, cfg.metric.direction, **ledger.carried(seg.header),
+            target=cfg.target, branch=cfg.branch, time_budget_s=cfg.time_budget_s,
+            reason=f"segment {seg.index} was imported from {seg.header.raw.get('imported_from')}: the baseline is "
+                   "measured again here"))
+        return self.load_ledger()
 
     # ------------------------------------------------------------------- the steps
     def _screen(self, state: ledger.LedgerState, run: int) -> tuple[Decision | None, dict[str, Any]]:
@@ -306,18 +377,47 @@ class Controller:
         check, reason = failed
         return Decision("discard" if check in checks.REPEATS else "checks_failed", reason), info
 
-    def _sample(self, run: int, commit: str, index: int) -> Sample:
+    def _sample(self, run: int, commit: str, index: int, attempt: int = 0) -> Sample:
         """Run the experiment once with seed `cfg.seed + index`; a run that did not crash then goes
-        through the post-run checks."""
+        through the post-run checks. `attempt` > 0: a re-run of a contended one, with its own log."""
         seed = self.cfg.seed + index
         env = self._env(run)
-        x = self.executor.run(commit, seed, env, key=f"{run}" if index == 0 else f"{run}.s{index + 1}",
+        key = (f"{run}" if index == 0 else f"{run}.s{index + 1}") + (f".c{attempt}" if attempt else "")
+        x = self.executor.run(commit, seed, env, key=key,
                               label=f"run #{run}" + ("" if seed == self.cfg.seed else f" (seed {seed})"))
         if x.failure is None:
             failed = checks.first_failure(self.post_run, checks.Ran(self.cfg, run, x, self.executor, env))
             if failed is not None:
                 x = dataclasses.replace(x, checks_failure=failed[1])
+        tokens = contention.token_budget_of(self.cfg)
+        if tokens and x.failure is None and x.checks_failure is None:  # the run's file is editable: check it
+            x = dataclasses.replace(x, checks_failure=contention.token_budget_problem(x.metrics, tokens))
         return x
+
+    def _judged(self, run: int, commit: str, index: int, reference: contention.Machine | None,
+                same_code: contention.Machine | None) -> Sample:
+        """`_sample`, judged for machine contention (harness.contention) against the segment baseline's
+        `reference` and an earlier run of the same code: a contended run is run again with the same seed,
+        up to contention.RERUNS times; one still contended comes back marked, and never counts."""
+        x = self._sample(run, commit, index)
+        if reference is None and same_code is None:
+            return x  # the baseline's first run: it is the reference
+        attempt = 0
+        while not (x.failure or x.checks_failure) and (why := contention.judge(x.machine, reference, same_code)):
+            self._contended_runs.append({**x.as_dict(self.cfg.metric.name), "contended": why})
+            if attempt == contention.RERUNS:
+                return dataclasses.replace(x, contended=why)
+            attempt += 1
+            self.say(f"       contended: {why}; running it again ({attempt} of {contention.RERUNS})")
+            x = self._sample(run, commit, index, attempt)
+        return x
+
+    @staticmethod
+    def _reference(seg: ledger.Segment | None) -> contention.Machine | None:
+        """What the machine gave the segment's baseline (None before this was recorded)."""
+        if seg is None or seg.baseline_run is None:
+            return None
+        return contention.Machine.from_dict(seg.baseline_run.raw.get("machine"))
 
     def _measure(self, run: int, commit: str, first: Sample, seg: ledger.Segment | None, baseline: bool,
                  diff: dict[str, Any] | None) -> Measured:
@@ -332,12 +432,16 @@ class Controller:
             tolerance=self.cfg.tolerance, lines_added=(diff or {}).get("added", 0),
             lines_removed=(diff or {}).get("removed", 0), guards=self.cfg.guards,
         )
+        if first.contended and decision.status in ("keep", "discard"):
+            decision = Decision("discard", f"contended: {first.contended}; not kept on this sample "
+                                           f"(run {contention.RERUNS + 1} times)", decision.gain)
         samples = [first]
         extra: dict[str, Any] = {"wall_s": round(first.res.wall_s, 3)}
         confidence: float | None = None
+        reference = first.machine if baseline else self._reference(seg)
 
         def sample(i: int) -> Sample:  # the gate's sampler: one more run with seed cfg.seed + i
-            return self._sample(run, commit, i)
+            return self._judged(run, commit, i, reference, first.machine)
 
         if baseline and decision.status == "keep" and self.cfg.calibrate >= 2:
             samples, decision, entry = gate.calibrate(first, sample, runs=self.cfg.calibrate, metric=name, say=self.say)
@@ -354,6 +458,14 @@ class Controller:
             )
             extra["evidence"] = evidence
             confidence = evidence.get("z")
+        machines = [x.machine for x in samples if not x.contended]
+        machine = contention.combine(machines) if baseline else first.machine
+        extra["machine"] = (machine or first.machine).as_dict()
+        busy = next((x.contended for x in samples if x.contended), None)
+        if busy:
+            extra["contended"] = busy
+        if self._contended_runs:
+            extra["contended_runs"] = self._contended_runs
         metrics = dict(first.metrics)
         if len(samples) > 1:
             extra["samples"] = [x.as_dict(name) for x in samples]
@@ -419,6 +531,7 @@ class Controller:
             "AUTORESEARCH_RUN": str(run),
             "AUTORESEARCH_WORKSPACE": str(self.root),
             "AUTORESEARCH_CHECKPOINT": str(self.state_dir / "checkpoints" / f"run-{run}"),
+            **({contention.TOKEN_BUDGET_ENV: str(tokens)} if (tokens := contention.token_budget_of(self.cfg)) else {}),
         }
 
     # ---------------------------------------------------------------- the agent
@@ -520,6 +633,24 @@ class Controller:
         if in_a_row >= 2:
             return f"{in_a_row} environment errors in a row (the last: {cause}): {environment_advice(exc)}"
         return None
+
+
+def baseline_failure(decision: Decision, sample: Sample, cfg: Config) -> str:
+    """Why a segment's baseline gave no result and what to fix (the agent cannot fix the target). A crash
+    shows the last lines of its log; a baseline refused by a post-run check names the check, and does not
+    tell the user to make the command work: it ran, which they may have checked by hand."""
+    log = sample.res.log_path
+    if decision.status == "checks_failed":
+        return (f"the baseline ran, but a check refused its result: {decision.reason}. The agent cannot change "
+                f"that: fix what the check names (the session's settings are in autoresearch.toml), then run "
+                f"again. Log: {log}")
+    if sample.res.cancelled:
+        return f"the baseline run was aborted ({decision.reason}); run again to measure it"
+    lines = [ln.rstrip()[:300] for ln in sample.res.tail.splitlines() if ln.strip()][-10:]
+    shown = "\n".join(f"  | {ln}" for ln in lines) if lines else "  (it printed nothing)"
+    return (f"the baseline run failed ({decision.reason}); the agent cannot fix the target: make "
+            f"`{cfg.command}` work (it must print METRIC {cfg.metric.name}=<number>), then run again. The last lines "
+            f"of its log, {log}:\n{shown}")
 
 
 def environment_advice(exc: BaseException) -> str:

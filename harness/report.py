@@ -21,14 +21,28 @@ from typing import Any
 
 from harness.chart import chart_svg
 from harness.ledger import STATUSES, LedgerState, RunRecord
-from harness.points import Point, all_points, clean_state, fmt, number, pct, points, shorten
+from harness.points import (
+    Point,
+    all_points,
+    clean_state,
+    fmt,
+    heldout_name,
+    heldout_value,
+    number,
+    pct,
+    pct_text,
+    points,
+    shorten,
+)
 from harness.stats import confidence_band, mad
 
 DIFF_MAX_LINES = 1500  # per kept run in the report
+# control characters other than tab, newline and CR: not allowed in HTML, and an agent may write them
+_HTML_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{v:+.2f}%"
+    return pct_text(v)
 
 
 def _duration(s: float) -> str:
@@ -40,7 +54,21 @@ def _when(ts: float) -> str:
 
 
 def esc(x: Any) -> str:
-    return html.escape(str(x), quote=True)
+    """HTML-escaped, with control characters shown as visible escapes (ESC as "\\x1b")."""
+    text = _HTML_CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(x))
+    return html.escape(text, quote=True)
+
+
+def _heldout_cell(r: RunRecord) -> str:
+    """The run's held-out metric (kept runs are evaluated on it), or its evaluation's error."""
+    h = r.raw.get("heldout")
+    if not isinstance(h, dict):
+        return '<td class="num" data-v=""></td>'
+    name = next((k for k in h if k != "error"), "")
+    v = heldout_value(r, name)
+    if v is None and h.get("error"):
+        return f'<td class="num bad" data-v="" title="{esc(h["error"])}">error</td>'
+    return f'<td class="num" data-v="{_num_attr(v)}" title="{esc(name)}">{fmt(v)}</td>'
 
 
 def _num_attr(v: float | None) -> str:
@@ -85,6 +113,7 @@ def rows_html(pts: Iterable[Point]) -> str:
             f'<td class="num" data-v="{_num_attr(v)}">{fmt(v)}</td>'
             f'<td class="num{cls}" data-v="{_num_attr(delta)}">{"" if delta is None else f"{delta:+.4g}"}</td>'
             f'<td class="num" data-v="{_num_attr(r.confidence)}">{"" if r.confidence is None else f"{r.confidence:.2f}"}</td>'
+            f"{_heldout_cell(r)}"
             f'<td class="desc"><details><summary>{desc}</summary>{_asi_html(r)}</details></td>'
             f'<td class="note" title="{esc(note)}">{esc(note)}</td>'
             f'<td class="mono">{esc(r.commit)}</td>'
@@ -104,11 +133,14 @@ def summary_html(state: LedgerState) -> str:
     base, best, d = seg.baseline, seg.best, seg.direction
     imp = pct(best, base, d)
     conf = number(seg.confidence)
-    band = confidence_band(conf)
+    # the band's colour and words only where the noise was measured (a calibrated segment)
+    band = confidence_band(conf) if seg.calibration is not None else "none"
     values = [r.value for r in seg.runs if r.value is not None]
     noise = mad(values) if len(values) >= 3 else None
     band_text = {"green": "likely real", "yellow": "marginal, could be noise", "red": "within noise",
                  "none": "undefined (under 3 results, zero spread or no improvement)"}[band]
+    if seg.calibration is None:
+        band_text = "the seed's MAD rule; noise not measured"
     cost = state.cost_usd
     kept_imp = sum(1 for p in points(seg) if p.kept and not p.baseline)
     total_s = sum(r.duration_s or 0 for r in seg.runs)
@@ -119,7 +151,8 @@ def summary_html(state: LedgerState) -> str:
         ("best", f"{fmt(best)}{unit}",
          "" if best_run is None else "the baseline" if best_run is seg.baseline_run
          else f"run #{best_run.run} · {best_run.commit}"),
-        ("improvement", _pct(imp), f"{seg.header.metric_name}, {d} is better"),
+        ("improvement", _pct(imp), f"{seg.header.metric_name}, {d} is better; the gain over the baseline divided by "
+                                   "|baseline|"),
         ("confidence", "-" if conf is None else f"{conf:.2f}×",
          f"{band_text}; noise floor (MAD) {fmt(noise, 3)}"),
         ("runs", str(len(seg.runs)),
@@ -128,6 +161,13 @@ def summary_html(state: LedgerState) -> str:
         ("time", _duration(total_s) if total_s else "-",
          f"{_when(min(stamps))} → {_when(max(stamps))}" if stamps else ""),
     ]
+    name = heldout_name(seg.runs)
+    if name:
+        hb = heldout_value(seg.baseline_run, name) if seg.baseline_run else None
+        hk = heldout_value(best_run, name) if best_run else None
+        cards.insert(2, ("held-out", f"{fmt(hb)} → {fmt(hk)}",
+                         f"{name}: baseline → best run; never used to decide (overfitting to the selection "
+                         "split shows here)"))
     if cost:
         per = f"${cost / kept_imp:.2f} per kept improvement" if kept_imp else "no kept improvement yet"
         cards.append(("agent cost", f"${cost:.2f}", per))
@@ -210,6 +250,9 @@ def diffs_html(state: LedgerState, diffs: dict[str, str]) -> str:
         r = p.r
         patch = diffs.get(r.commit)
         stats = f" · +{r.diff.get('added', 0)} −{r.diff.get('removed', 0)}" if r.diff else ""
+        name = heldout_name([r])
+        if name:
+            stats += f" · held-out {esc(name)} {fmt(heldout_value(r, name))}"
         body = (f'<pre class="diff">{_diff_html(patch)}</pre>' if patch is not None
                 else f'<p class="muted">commit {esc(r.commit)} is not in this repository</p>')
         out.append(
@@ -239,7 +282,7 @@ def page_html(state: LedgerState, root: Path, *, title: str, chart: str, diffs: 
         "CSP": csp, "NONCE": nonce, "TITLE": esc(title), "LIVE": live, "CSS": _CSS, "JS": _JS,
         "WHERE": esc(f"{root} · generated {generated}"), "STATUS_FILTER": status_filter, "SEG_FILTER": seg_filter,
         "SUMMARY": summary_html(state), "CHART": chart, "ROWS": rows_html(all_points(state)),
-        "DIFFS": diffs_html(state, diffs),
+        "DIFFS": diffs_html(state, diffs), "HELDOUT": esc(heldout_name(state.runs) or "held-out"),
     }
     # one pass: a "{{ROWS}}" inside a description is text, never a placeholder
     return re.sub(r"\{\{([A-Z_]+)\}\}", lambda m: parts[m.group(1)], _PAGE)
@@ -379,7 +422,7 @@ _PAGE = """<!doctype html>
 <input id="q" type="search" placeholder="filter: description, hypothesis, ASI, commit…">
 <span id="shown" class="muted"></span></div>
 <table id="runs"><thead><tr><th>#</th><th>seg</th><th>status</th><th>metric</th><th>Δ best</th><th>conf</th>
-<th>description (click for ASI)</th><th>hypothesis / reason</th><th>commit</th><th>time</th><th>took</th></tr></thead>
+<th title="the held-out metric, evaluated for kept runs; never used to decide">{{HELDOUT}}</th><th>description (click for ASI)</th><th>hypothesis / reason</th><th>commit</th><th>time</th><th>took</th></tr></thead>
 <tbody>{{ROWS}}</tbody></table>
 <h2>Kept changes</h2><section id="diffs">{{DIFFS}}</section>
 </main><script nonce="{{NONCE}}">{{JS}}</script></body></html>

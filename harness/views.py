@@ -1,5 +1,7 @@
 """What `status` and `log` show: data assembled by pure functions, rendered with rich on a
-terminal and as plain aligned text otherwise (pipes, files, CI logs)."""
+terminal and as plain aligned text otherwise (pipes, files, CI logs). Text from the ledger
+(an agent wrote it) is printed through `points.printable`: its control characters are shown as
+escapes, never sent to the terminal."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.table import Table
 
+from harness.chain import ChainReport
 from harness.config import Config
-from harness.ledger import LedgerState, RunRecord, Segment
-from harness.points import clean_state, number, pct
+from harness.ledger import BadLine, LedgerState, RunRecord, Segment
+from harness.points import clean_state, number, pct, pct_text, printable
 from harness.stats import confidence_band
 
 BAND_STYLE = {"green": "green", "yellow": "yellow", "red": "red", "none": "dim"}
@@ -49,6 +52,8 @@ def status_data(cfg: Config, state: LedgerState, *, branch: str | None, head: st
         "confidence": conf,
         "confidence_band": confidence_band(conf),
         "failure_streak": seg.failure_streak() if seg else 0,
+        # runs the machine, not the code, made (harness.contention): re-run, or logged and never kept
+        "contended": sum(1 for r in runs if r.raw.get("contended")),
         "last_run": _run_dict(last) if last else None,
         "branch": branch,
         "head": head,
@@ -100,6 +105,7 @@ def _run_dict(r: RunRecord) -> dict[str, Any]:
         "samples": r.raw.get("samples"),
         "evidence": r.raw.get("evidence"),
         "heldout": r.raw.get("heldout"),
+        "contended": r.raw.get("contended"),
     }
 
 
@@ -108,7 +114,9 @@ def log_data(state: LedgerState, *, last: int | None = None, status: str | None 
     runs = [r for r in clean_state(state).runs if (status is None or r.status == status) and (segment is None or r.segment == segment)]
     if last is not None:
         runs = runs[-last:] if last > 0 else []
-    return [_run_dict(r) for r in runs]
+    measured = {s.index for s in clean_state(state).segments if s.calibration is not None}
+    # the confidence of a segment without calibration is the seed's MAD rule: the noise was not measured
+    return [{**_run_dict(r), "noise_measured": r.segment in measured} for r in runs]
 
 
 def _fmt(v: float | None, digits: int = 6) -> str:
@@ -125,9 +133,11 @@ def render_status(d: dict[str, Any], out: TextIO | None = None) -> None:
     plain = not con.is_terminal
     m = d["metric"]
     c = d["counts"]
-    band = d["confidence_band"]
+    measured = d["noise"]["calibrated"]
+    band = d["confidence_band"] if measured else "none"  # a colour, and the words, only for measured noise
     conf = "-" if d["confidence"] is None else f"{d['confidence']:.2f}x"
-    imp = "-" if d["improvement_pct"] is None else f"{d['improvement_pct']:+.2f}%"
+    # the gain in the metric's direction over |baseline| (`points.pct_text`): never a bare "+99.93%"
+    imp = "-" if d["improvement_pct"] is None else f"{pct_text(d['improvement_pct'])} than the baseline"
     lines = [
         ("session", d["name"]),
         ("goal", d["goal"] or "-"),
@@ -140,8 +150,12 @@ def render_status(d: dict[str, Any], out: TextIO | None = None) -> None:
         ("improvement", imp),
         ("confidence", f"{conf} ({band}: " + {
             "green": "likely real", "yellow": "marginal, could be noise", "red": "within noise",
-            "none": "undefined: under 3 results, zero spread or no improvement"}[band] + ")"),
+            "none": "undefined: under 3 results, zero spread or no improvement"}[band] + ")" if measured
+         else f"{conf} (the seed's MAD rule; noise not measured)"),
     ]
+    if d.get("contended"):
+        lines.append(("contended", f"{d['contended']} run(s) got a share of the machine off the baseline's: "
+                                   "re-run, or logged and not kept (README \"Noise-aware keeps\")"))
     nz = d["noise"]
     lines.append(("noise", f"sigma {nz['sigma']:.4g} from {nz['n']} baseline runs (calibrated; keeps must clear the gate)"
                   if nz["calibrated"] else "not calibrated: the confidence above is the seed's MAD rule "
@@ -169,6 +183,7 @@ def render_status(d: dict[str, Any], out: TextIO | None = None) -> None:
         lines.append(("ledger warning", f"line {b['lineno']}: {b['reason']}{' (torn write)' if b['torn'] else ''}"))
     width = max(len(k) for k, _ in lines)
     for k, v in lines:
+        v = printable(v)
         if plain:
             out.write(f"{k:<{width}}  {v}\n")
         else:
@@ -181,7 +196,10 @@ def render_log(rows: list[dict[str, Any]], metric_name: str, out: TextIO | None 
     out = out or sys.stdout
     con = Console(file=out, highlight=False)
     heldout = next((k for r in rows for k in (r.get("heldout") or {}) if k != "error"), None)
-    headers = ["run", "status", metric_name, "n", *([heldout] if heldout else []), "conf", "time", "description",
+    unmeasured = sum(1 for r in rows if not r.get("noise_measured", True))
+    conf_head = ("conf" if not unmeasured else "MAD conf (noise not measured)" if unmeasured == len(rows)
+                 else "conf (MAD where noise not measured)")
+    headers = ["run", "status", metric_name, "n", *([heldout] if heldout else []), conf_head, "time", "description",
                "hypothesis / reason"]
 
     def cells(r: dict[str, Any]) -> list[str]:
@@ -190,10 +208,10 @@ def render_log(rows: list[dict[str, Any]], metric_name: str, out: TextIO | None 
         note = note or asi.get("hypothesis") or ""
         ho = (r.get("heldout") or {}).get(heldout) if heldout else None
         return [
-            str(r["run"]), r["status"], _fmt(r["metric"]), str(len(r["samples"] or ()) or 1),
+            str(r["run"]), printable(r["status"]), _fmt(r["metric"]), str(len(r["samples"] or ()) or 1),
             *([_fmt(ho)] if heldout else []),
             "-" if r["confidence"] is None else f"{r['confidence']:.1f}",
-            _when(r["timestamp"]), r["description"], str(note).replace("\n", " ")[:120],
+            _when(r["timestamp"]), printable(r["description"]), printable(note)[:120],
         ]
 
     if not con.is_terminal:
@@ -208,3 +226,21 @@ def render_log(rows: list[dict[str, Any]], metric_name: str, out: TextIO | None 
     for r in rows:
         t.add_row(*cells(r), style=STATUS_STYLE.get(r["status"]))
     con.print(t)
+
+
+def ledger_line(chain: ChainReport, bad: tuple[BadLine, ...]) -> str:
+    """`resume`'s one line on the ledger. With lines skipped as unreadable it never calls the
+    ledger intact, even where its hash chain is whole (a reseal accepted the break, or the lines
+    were written before the chain): the runs on those lines are missing from every view."""
+    if not bad:
+        return f"ledger: {chain.summary()}"
+    k = len(bad)
+    where = ", ".join(str(b.lineno) for b in bad[:5]) + (" ..." if k > 5 else "")
+    skipped = (f"incomplete: {k} line{'s' if k != 1 else ''} skipped as unreadable (line{'s' if k != 1 else ''} "
+               f"{where}; the ledger warnings below say why), the runs on {'them' if k != 1 else 'it'} are left out "
+               "of every view")
+    if not chain.ok:
+        return f"ledger: {skipped}; {chain.summary()}"
+    accepted = (f", its break at line {', '.join(str(b.lineno) for b in chain.acknowledged)} accepted by the reseal at "
+                f"line {chain.reseals[-1]}" if chain.acknowledged else "")
+    return f"ledger: {skipped}; {chain.lines} lines, the hash chain unbroken{accepted}"

@@ -212,7 +212,7 @@ def test_failure_streak_stops_the_loop(tmp_path: Path, capsys) -> None:
 
 def test_baseline_crash_stops_with_advice(tmp_path: Path, capsys) -> None:
     root = make_toy(tmp_path / "ws", evaluate="print('no metric here')\n")
-    assert cli(root, "run", "--max-iterations", "5") == 0
+    assert cli(root, "run", "--max-iterations", "5") == 1  # a failed baseline is a failed run (exit 1)
     out = capsys.readouterr().out
     assert "the baseline run failed" in out
     assert len(runs(root)) == 1
