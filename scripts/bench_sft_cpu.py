@@ -77,14 +77,19 @@ def main() -> int:
     print(f"{'config':<40} {'seed':>4} {'base':>6} {'after':>6} {'format':>6} {'nll':>6} {'loss':>6} "
           f"{'steps':>5} {'tok/s':>6} {'run s':>6} {'eval s':>6}")
     for config in configs:
+        afters = []
         for seed in (int(s) for s in args.seeds.split(",")):
             m = run(args.workspace, args.budget, config, seed, env)
+            afters.append(m.get("val_accuracy", float("nan")))
             label = ",".join(f"{k}={v}" for k, v in config.items()) or "(train.py as is)"
             print(f"{label:<40} {seed:>4} {m.get('base_accuracy', float('nan')):>6.3f} "
                   f"{m.get('val_accuracy', float('nan')):>6.3f} {m.get('format_rate', float('nan')):>6.3f} "
                   f"{m.get('val_nll', float('nan')):>6.3f} {m.get('train_loss', float('nan')):>6.3f} "
                   f"{int(m.get('num_steps', 0)):>5} {m.get('tokens_per_sec', 0):>6.0f} {m['wall_s']:>6.1f} "
                   f"{m['eval_s']:>6.1f}", flush=True)
+        if len(afters) > 1:
+            print(f"{'':<40} mean after {sum(afters) / len(afters):.3f}, min {min(afters):.3f} over "
+                  f"{len(afters)} seeds", flush=True)
     return 0
 
 

@@ -82,6 +82,47 @@ def test_prepare_train_evaluate(pretrained, tmp_path):
     assert refused.returncode == 1 and refused.stderr.startswith("error: ") and "neither an adapter" in refused.stderr
 
 
+HEAD_CHECK = """
+import json, torch, arbase, prepare, train
+base = arbase.load_base(".")
+model = base.model
+adapters = train.inject_lora(model, train.LORA_TARGETS, 4, 8)
+assert "lm_head" in adapters, sorted(adapters)  # the default targets adapt the unembedding
+g = torch.Generator().manual_seed(0)
+for a in adapters.values():  # B != 0, so that every adapter (lm_head's too) changes the loss
+    a.lora_B.data = torch.randn(a.lora_B.shape, generator=g) * 0.05
+params = [p for a in adapters.values() for p in (a.lora_A, a.lora_B)]
+x, y, w = prepare.make_batch(prepare.load_prepared().rows("train"), list(range(6)), "cpu")
+def loss_and_grads():
+    loss = train.completion_loss(model, x, y, w)
+    grads = torch.autograd.grad(loss, params)
+    return loss.item(), grads
+full, g_full = loss_and_grads()
+seen = []
+model.lm_head.base.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[:-1].numel()))
+model.lm_head = train.CompletionHead(model.lm_head)
+picked, g_picked = loss_and_grads()
+print(json.dumps({"full": full, "picked": picked, "positions": x.numel(), "unembedded": seen,
+                  "completion": int(w.sum()),
+                  "grad_diff": max(float((a - b).abs().max()) for a, b in zip(g_full, g_picked)),
+                  "grad_max": max(float(a.abs().max()) for a in g_full)}))
+"""
+
+
+def test_training_unembeds_only_the_completion_positions(pretrained, tmp_path):
+    """train.py's CompletionHead: the loss and every adapter's gradient are those of the full unembedding,
+    which it computes only at the trained (completion) positions, a third of a math row."""
+    ws = sft_workspace(pretrained, tmp_path / "ws")
+    prepared = run_py(ws, pretrained.env, "prepare.py", "--data", SMALL_DATA)
+    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+    checked = run_py(ws, pretrained.env, "-c", HEAD_CHECK)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    r = json.loads(checked.stdout.strip().splitlines()[-1])
+    assert r["picked"] == pytest.approx(r["full"], rel=1e-5)
+    assert r["grad_diff"] <= 1e-5 * r["grad_max"] and r["grad_max"] > 0
+    assert r["unembedded"] == [r["completion"]] and r["completion"] < r["positions"] / 2
+
+
 def test_contamination_guard_refuses_eval_items_seen_in_train(pretrained, tmp_path):
     ws = sft_workspace(pretrained, tmp_path / "ws")
     data = tmp_path / "data"

@@ -33,17 +33,17 @@ from prepare import CHECKPOINT_DIR, SEED, TIME_BUDGET, load_prepared, make_batch
 # ---------------------------------------------------------------------------
 
 # tunable: begin (the offline `mutate` agent proposes changes only to the numbers from here to `tunable: end`)
-LORA_RANK = 16             # r: adapter rank; with alpha fixed the 1/r scale keeps the best LR roughly rank-free
+LORA_RANK = 32             # r: adapter rank; with alpha fixed the 1/r scale keeps the best LR roughly rank-free
 LORA_ALPHA = 32            # the scale is LORA_ALPHA / LORA_RANK (LoRA Without Regret keeps alpha at 32)
 LORA_TARGETS = (           # module-name patterns (re.search) of the nn.Linear layers to adapt
     r"attn\.(c_q|c_k|c_v|c_proj|q_proj|k_proj|v_proj|o_proj)$",  # attention (ours; Llama/Qwen-style)
     r"mlp\.(c_fc|c_proj|gate_proj|up_proj|down_proj)$",          # MLP: adapt it, attention alone underperforms
     r"^lm_head$",          # the unembedding: a briefly pretrained small base's logits are too flat to be sure
 )
-LR = 3e-3                  # peak AdamW LR (init writes the doctrine's rate here when it is calibrated for the base)
-BATCH_SIZE = 16            # rows per step (LoRA prefers small batches: LoRA Without Regret)
+LR = 6e-3                  # peak AdamW LR (init writes the doctrine's rate here when it is calibrated for the base)
+BATCH_SIZE = 8             # rows per step (LoRA prefers small batches: LoRA Without Regret; on CPU, more steps)
 SCHEDULE = "linear"        # LR over the time budget: "linear" (1 - progress), "cosine" or "constant"
-WARMUP = 0.0               # fraction of the budget over which the LR ramps up from 0 (then the schedule)
+WARMUP = 0.05              # fraction of the budget over which the LR ramps up from 0 (then the schedule)
 WEIGHT_DECAY = 0.0         # AdamW decoupled weight decay on the adapter
 # tunable: end
 
