@@ -52,7 +52,7 @@ from harness.loop import (
 )
 from harness.metrics import MAX_ABS, is_metric_name, parse_number
 from harness.sandbox import INSTALL_HINT, SandboxError
-from harness.session import DEFAULT_DATA, InitError, Target, cuda_available, init_workspace, load_target
+from harness.session import InitError, Target, cuda_available, init_workspace, load_target
 from harness.workspace import Workspace, WorkspaceError, short
 
 # SandboxError: `sandbox = "bwrap"` on a machine without a working bubblewrap, which the message says how to fix
@@ -109,7 +109,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if target.base == "required" and not args.resume:
         base_info = _resolve_init_base(base_spec, target.name)
         generated.update(bases.workspace_files(base_info))
-        advice_json, after_copy = _init_advice(base_info, data or DEFAULT_DATA)
+        advice_json, after_copy = _init_advice(base_info, data or session.default_data(target))  # what prepare gets
         generated["advice.json"] = advice_json
     try:
         cfg, done = init_workspace(

@@ -25,7 +25,9 @@ from typing import Any, Literal, Protocol
 
 Component = Literal["attn", "mlp", "unembed", "other"]
 COMPONENTS: tuple[Component, ...] = ("mlp", "attn", "unembed", "other")
-DEFAULT_COMPONENTS: tuple[Component, ...] = ("attn", "mlp")  # the sft target's LORA_TARGETS: unembedding optional
+# What the sft target's train.py adapts by default (its LORA_TARGETS: attention, MLP and lm_head), as tinker-cookbook's
+# LoraConfig does (train_mlp, train_attn, train_unembed all true; reference/posttrain.md §1.1).
+DEFAULT_COMPONENTS: tuple[Component, ...] = ("attn", "mlp", "unembed")
 Method = Literal["sft", "dpo", "grpo", "synthesize"]
 RL_METHODS: frozenset[str] = frozenset({"grpo", "rl", "ppo"})  # policy gradient: ~1 bit per episode
 Verdict = Literal["OK", "UNDERCAPACITY"]

@@ -89,8 +89,9 @@ def test_undercapacity_at_a_small_rank_names_the_rank_that_passes(tmp_path, cach
             "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 300}
     base_dir = models.resolve_base(str(make_hf_dir(tmp_path / "tiny", tiny)), cache).dir
     low = advise.advise(base_dir, "offline-math:train=200,val=10,test=10", rank=1, cache_dir=str(cache))
-    per = low.per_rank["attn"] + low.per_rank["mlp"]
-    assert per == (16 + 16) + 2 * (16 + 8) + (16 + 16) + 3 * (16 + 32)  # q, k+v, o; gate+up+down
+    assert low.per_rank["attn"] + low.per_rank["mlp"] == (16 + 16) + 2 * (16 + 8) + (16 + 16) + 3 * (16 + 32)  # q, k+v, o; gate+up+down
+    assert low.per_rank["unembed"] == 16 + 300  # lm_head: hidden + vocab
+    per = low.per_rank["attn"] + low.per_rank["mlp"] + low.per_rank["unembed"]  # train.py's default targets
     assert low.capacity.verdict == "UNDERCAPACITY" and low.capacity.params == per
     assert low.capacity.min_rank == -(-low.completion_tokens // per)
     assert low.rank >= low.capacity.min_rank and low.rank & (low.rank - 1) == 0

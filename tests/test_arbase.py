@@ -239,8 +239,8 @@ def _train_steps(base, steps: int = 10, lr: float = 3e-3):
 def test_lora_trains_every_adapter_parameter_and_no_base_weight(base):
     model, adapters, params, initial, before, losses = _train_steps(base)
     names = set(adapters)
-    expected = {lin.name for lin in arbase().linear_modules(base.model) if lin.component in ("attn", "mlp")}
-    assert names == expected  # the default targets: every attention and MLP linear, nothing else
+    expected = {lin.name for lin in arbase().linear_modules(base.model) if lin.component in ("attn", "mlp", "unembed")}
+    assert names == expected  # the default targets: every attention and MLP linear and the unembedding, nothing else
     assert all(not torch.equal(p, q) for p, q in zip(params, initial, strict=True)), "a LoRA parameter did not move"
     after = model.state_dict()
     for key, value in before.items():  # the base's weights sit under `.base.` in the wrapped model

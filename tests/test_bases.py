@@ -352,6 +352,7 @@ editable = ["train.py"]
 fixed = ["eval.py", "prepare.py"]
 kit = ["armath.py", "arbase.py"]
 base = "required"
+data = "offline-math:levels=1"
 [metric]
 name = "val_accuracy"
 direction = "higher"
@@ -391,7 +392,7 @@ def test_init_writes_the_base_into_the_workspace_as_fixed_files_and_status_shows
     assert (ws / "base_model.py").read_bytes() == (trained.ckpt / "train.py").read_bytes()
     assert f"base: pre run 2 (ours), from session {pre.resolve()} run #2" in out
     toml = (ws / "autoresearch.toml").read_text()
-    assert 'prepare_command = "python prepare.py --data offline-math"' in toml
+    assert 'prepare_command = "python prepare.py --data offline-math:levels=1"' in toml  # the target's data
     from harness import config as config_mod
 
     cfg = config_mod.load(ws)
@@ -399,6 +400,7 @@ def test_init_writes_the_base_into_the_workspace_as_fixed_files_and_status_shows
                          "advice.json")
     advice = json.loads((ws / "advice.json").read_text())
     assert advice["base"]["fingerprint"] == info.fingerprint and advice["completion_tokens"] > 0
+    assert advice["data"]["spec"].startswith("offline-math:levels=1,")  # the advice is for the data prepare gets
     assert "LR = 0.001" in (ws / "train.py").read_text() and "kept train.py's own LR" in out  # ours: not calibrated
     assert cfg.fixed_hashes["base.json"] == _sha(ws / "base.json")
     assert cfg.fixed_hashes["base_model.py"] == _sha(ws / "base_model.py")

@@ -99,8 +99,8 @@ def test_the_sft_targets_own_train_py_is_readable():
 
     got = capacity.read_lora((assets_dir() / "sft" / "train.py").read_text())
     assert isinstance(got, capacity.TrainLoRA) and got.rank >= 1
-    picked = capacity.selected(toy_linears(), got.targets)  # its default patterns adapt attention and MLP, not lm_head
-    assert {x[3] for x in picked} == {"attn", "mlp"} and len(picked) == 14
+    picked = capacity.selected(toy_linears(), got.targets)  # its default patterns: attention, MLP and lm_head
+    assert {x[3] for x in picked} == {"attn", "mlp", "unembed"} and len(picked) == 15
 
 
 def test_assess_counts_the_linears_the_patterns_select():
