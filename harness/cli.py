@@ -181,6 +181,8 @@ def _config(p: argparse.ArgumentParser) -> None:
                    "metric.direction (omit to list them all)")
     p.add_argument("value", nargs="?", metavar="VALUE", help="its new value: a list as a,b or [\"a\", \"b\"]; "
                    "none unsets an optional key (omit to print the value)")
+    p.add_argument("more", nargs="*", metavar="KEY VALUE", help="further KEY VALUE pairs changed with the first, "
+                   "validated and committed together (keys that go together: heldout_metric heldout_command)")
     p.add_argument("-v", "--verbose", action="store_true", help="the list says what each key does")
 
 

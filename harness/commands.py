@@ -670,12 +670,16 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.value is None:
         print(config_mod.show(config_mod.get(cfg, args.key)))
         return 0
-    new_value = config_mod.parse_value(args.key, args.value)
-    change = _commit_config(root, lambda old: config_mod.set_value(
-        config_mod.loads(edit) if edit is not None else old, args.key, new_value), how="config", edit=edit,
-        rehash=args.key == "fixed")
+    more = list(getattr(args, "more", None) or [])
+    if len(more) % 2:
+        raise UserError(f"config takes KEY VALUE pairs; {more[-1]!r} has no value")
+    pairs = [(args.key, args.value), *zip(more[::2], more[1::2], strict=True)]
+    values = [(k, config_mod.parse_value(k, v)) for k, v in pairs]
+    change = _commit_config(root, lambda old: config_mod.set_values(
+        config_mod.loads(edit) if edit is not None else old, values), how="config", edit=edit,
+        rehash=any(k == "fixed" for k, _ in values))
     if change is None:
-        print(f"{args.key} is already {config_mod.show(new_value)}: nothing changed")
+        print(", ".join(f"{k} is already {config_mod.show(v)}" for k, v in values) + ": nothing changed")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -485,12 +486,20 @@ def parse_value(name: str, text: str) -> Any:
 
 def set_value(cfg: Config, name: str, value: Any) -> Config:
     """A copy with key `name` set to `value`, validated as a whole."""
-    _key(name)
-    if name.startswith("metric."):
-        new = replace(cfg, metric=replace(cfg.metric, **{name.split(".", 1)[1]: value}))
-    else:
-        new = replace(cfg, **{name: value})
-    validate(new, f"{name} = {show(value)}")
+    return set_values(cfg, [(name, value)])
+
+
+def set_values(cfg: Config, changes: Sequence[tuple[str, Any]]) -> Config:
+    """A copy with every (key, value) of `changes` set, validated once as a whole: keys that go together
+    (heldout_metric and heldout_command, budget and token_budget) change in one step."""
+    new = cfg
+    for name, value in changes:
+        _key(name)
+        if name.startswith("metric."):
+            new = replace(new, metric=replace(new.metric, **{name.split(".", 1)[1]: value}))
+        else:
+            new = replace(new, **{name: value})
+    validate(new, ", ".join(f"{name} = {show(value)}" for name, value in changes))
     return new
 
 

@@ -107,6 +107,23 @@ def test_other_changes_are_logged_in_the_same_segment(tmp_path, capsys):
     assert "nothing changed" in capsys.readouterr().out and len(config_lines(root)) == 4
 
 
+def test_keys_that_go_together_change_in_one_commit(tmp_path, capsys):
+    """heldout_metric and heldout_command are validated together, so `config` takes several KEY VALUE pairs:
+    one at a time each would be refused; together they are one config commit and one ledger line."""
+    root = make_toy(tmp_path / "ws")
+    assert cli(root, "run", "--agent", "mutate", "--max-iterations", "1") == 0
+    capsys.readouterr()
+    assert cli(root, "config", "heldout_metric", "score_test") == 2  # alone: refused, nothing changed
+    assert "go together" in capsys.readouterr().err and config_lines(root) == []
+    assert cli(root, "config", "heldout_metric", "score_test", "heldout_command", "python eval.py") == 0
+    cfg = head_config(root)
+    assert (cfg.heldout_metric, cfg.heldout_command) == ("score_test", "python eval.py")
+    assert [c["changes"] for c in config_lines(root)] == [
+        {"heldout_metric": [None, "score_test"], "heldout_command": [None, "python eval.py"]}]
+    assert cli(root, "config", "heldout_metric", "none", "heldout_command") == 2  # a key without its value
+    assert "has no value" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("key", "value", "said"), [
     ("time_budget_s", "soon", "time_budget_s must be a number"),
     ("metric.direction", "sideways", "metric.direction must be lower or higher"),

@@ -146,19 +146,36 @@ def test_contamination_guard_refuses_eval_items_seen_in_train(pretrained, tmp_pa
 
 @pytest.mark.slow
 def test_pretrain_to_sft_through_the_loop(pretrained, tmp_path):
-    """From a pretrain checkpoint made here: `init --target sft --base CKPT --data ...` and a 2-iteration mutate
-    loop on CPU (sandboxed as configured): rc 0, the ledger holds val_accuracy and base_accuracy, and the kept
-    run's checkpoint holds the PEFT adapter."""
+    """From a pretrain session made here (a real `init --target pretrain` and its kept baseline, on the small
+    local data): `init --target sft --base SESSION --data ...` and a 2-iteration mutate loop on CPU (sandboxed
+    as configured): rc 0, the ledger holds val_accuracy and base_accuracy, the kept run's checkpoint holds
+    the PEFT adapter, and status names the session and run the base came from."""
     env = {**pretrained.env, "AUTORESEARCH_CACHE_DIR": str(pretrained.root / "cache")}
-    ws = tmp_path / "ws"
     cli = [sys.executable, "-m", "harness.cli"]
-    init = subprocess.run([*cli, "init", str(ws), "--target", "sft", "--base", str(pretrained.ckpt), "--data",
-                           SMALL_DATA, "--budget", "3", "--calibrate", "0"], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    repo = Path(__file__).resolve().parent.parent
+
+    def call(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        return subprocess.run([*cli, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=repo)
+
+    pre = tmp_path / "pre"
+    steps = [
+        ("init", str(pre), "--target", "pretrain", "--budget", "2", "--calibrate", "0"),
+        ("-C", str(pre), "config", "prepare_command", "python prepare.py " + " ".join(PRETRAIN_ARGS)),
+        ("-C", str(pre), "run", "--agent", "mutate", "--max-iterations", "1"),
+    ]
+    for i, step in enumerate(steps):
+        if i == 2:  # no held-out confirmation (not what this tests): a hand edit, which `run` commits first
+            toml = pre / "autoresearch.toml"
+            toml.write_text("".join(line for line in toml.read_text().splitlines(keepends=True)
+                                    if not line.startswith(("heldout_metric", "heldout_command"))))
+        done = call(*step)
+        assert done.returncode == 0, (step, done.stdout[-3000:] + done.stderr[-3000:])
+    ws = tmp_path / "ws"
+    init = call("init", str(ws), "--target", "sft", "--base", str(pre), "--data", SMALL_DATA, "--budget", "3",
+                "--calibrate", "0", timeout=300)
     assert init.returncode == 0, init.stdout + init.stderr
     assert (ws / "base.json").exists() and (ws / "base_model.py").exists()
-    run = subprocess.run([*cli, "-C", str(ws), "run", "--agent", "mutate", "--max-iterations", "2"], env=env,
-                         capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parent.parent)
+    run = call("-C", str(ws), "run", "--agent", "mutate", "--max-iterations", "2")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     lines = [json.loads(line) for line in (ws / "autoresearch.jsonl").read_text().splitlines()]
     runs = [r for r in lines if "run" in r and "status" in r]
@@ -170,3 +187,5 @@ def test_pretrain_to_sft_through_the_loop(pretrained, tmp_path):
     checkpoints = ws / ".autoresearch" / "checkpoints"
     adapters = list(checkpoints.glob("run-*/adapter_model.safetensors"))
     assert adapters and all((a.parent / "adapter_config.json").exists() for a in adapters), os.listdir(checkpoints)
+    status = call("-C", str(ws), "status", timeout=120)
+    assert status.returncode == 0 and f"from session {pre.resolve()} run #1" in status.stdout, status.stdout
