@@ -104,7 +104,8 @@ def test_status_and_log(tmp_path: Path) -> None:
     assert len(json.loads(cli_proc(root, "log", "--json", "--last", "2").stdout)) == 2
     table = cli_proc(root, "log", "--last", "3").stdout.splitlines()
     assert table[0].split()[:3] == ["run", "status", "score"] and len(table) == 4
-    assert json.loads(cli_proc(root, "log", "--json", "--segment", "1").stdout) == []
+    missing = cli_proc(root, "log", "--json", "--segment", "1")  # no such segment: an error, not an empty table
+    assert missing.returncode == 2 and missing.stdout == "" and "segment" in missing.stderr
 
 
 def test_status_reports_inconsistent_head(tmp_path: Path) -> None:
