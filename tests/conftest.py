@@ -20,6 +20,11 @@ _GIT_HOME = Path(tempfile.mkdtemp(prefix="autoresearch-test-git-"))
 )
 os.environ["GIT_CONFIG_GLOBAL"] = str(_GIT_HOME / "gitconfig")
 os.environ["GIT_CONFIG_NOSYSTEM"] = "1"
+# One torch thread per process (the runs inherit it: OMP_* passes the sandbox's allowlist). scripts/test.sh
+# runs two pytest workers on CI's 2 cores; with torch's default of a thread per core, two training processes
+# thrash at its barriers (measured on a loaded 2-core machine: a forward pass 1.7 s with 2 threads, 0.15 s
+# with 1), and the budget rule's allowances are for a machine that is busy, not thrashing.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,3 +251,4 @@ def trained_pretrain(root: Path, prepare_args: Sequence[str]):
     result = run_py(ws, {**env, "AUTORESEARCH_CHECKPOINT": str(ckpt)}, "train.py")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return SimpleNamespace(root=root, ws=ws, env=env, ckpt=ckpt, data_dir=root / "cache" / "pretrain" / "local")
+

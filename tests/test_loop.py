@@ -239,12 +239,26 @@ def test_parse_until_wraps_to_tomorrow() -> None:
         parse_until("25:00", now)
 
 
+def wait_for_running(root: Path, limit_s: float = 60.0) -> None:
+    """Until the journal says a run is in flight (state.json, phase running)."""
+    state = root / ".autoresearch" / "state.json"
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            if json.loads(state.read_text()).get("phase") == "running":
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError("the run never started")
+
+
 def test_sigint_finishes_the_current_experiment_then_stops(tmp_path: Path) -> None:
     slow = "import time\ntime.sleep(1.5)\n" + (Path(__file__).parent / "toy.py").read_text().split('EVAL = """\\\n')[1].split('"""')[0]
     root = make_toy(tmp_path / "ws", evaluate=slow)
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "-C", str(root), "run", "--max-iterations", "10"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(1.0)  # inside the baseline run
+    wait_for_running(root)  # inside the baseline run (not a fixed sleep: a loaded machine starts slowly)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
     assert "stopped by the user" in out
@@ -258,7 +272,7 @@ def test_second_sigint_aborts_as_crash(tmp_path: Path) -> None:
     (root / "train.py").write_text(TRAIN + "import time\ntime.sleep(30)\n")
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "-C", str(root), "experiment", "-d", "slow",
                              "--asi", '{"hypothesis": "h"}'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(1.5)
+    wait_for_running(root)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
