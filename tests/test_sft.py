@@ -160,7 +160,9 @@ def test_pretrain_to_sft_through_the_loop(pretrained, tmp_path):
     pre = tmp_path / "pre"
     steps = [
         ("init", str(pre), "--target", "pretrain", "--budget", "2", "--calibrate", "0"),
-        ("-C", str(pre), "config", "prepare_command", "python prepare.py " + " ".join(PRETRAIN_ARGS)),
+        # small data, and a generous start-up allowance (a loaded CI machine; the budget rule has its own tests)
+        ("-C", str(pre), "config", "prepare_command", "python prepare.py " + " ".join(PRETRAIN_ARGS),
+         "startup_allowance_s", "120"),
         ("-C", str(pre), "run", "--agent", "mutate", "--max-iterations", "1"),
     ]
     for i, step in enumerate(steps):
@@ -175,6 +177,7 @@ def test_pretrain_to_sft_through_the_loop(pretrained, tmp_path):
                 "--calibrate", "0", timeout=300)
     assert init.returncode == 0, init.stdout + init.stderr
     assert (ws / "base.json").exists() and (ws / "base_model.py").exists()
+    assert call("-C", str(ws), "config", "startup_allowance_s", "120").returncode == 0
     run = call("-C", str(ws), "run", "--agent", "mutate", "--max-iterations", "2")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     lines = [json.loads(line) for line in (ws / "autoresearch.jsonl").read_text().splitlines()]
