@@ -14,10 +14,11 @@ echo "test: ruff check"
 echo "test: mypy harness"
 .venv/bin/mypy harness
 status=0
-# Three workers (pytest-xdist): the suite mostly waits on subprocesses, signals and retries (serially 24 min
+# Two workers (pytest-xdist): the suite mostly waits on subprocesses, signals and retries (serially 24 min
 # of wall time for 12 min of CPU on 2 cores; with two workers 16 min for 11 min of CPU), and each test process
-# uses one torch thread (tests/conftest.py). Four workers loaded the 2 cores enough to break timing bounds.
-.venv/bin/python -m pytest -q -n 3 "$@" || status=$?
+# uses one torch thread (tests/conftest.py). Four workers loaded the 2 cores enough to break timing bounds,
+# and three were no faster than two.
+.venv/bin/python -m pytest -q -n 2 "$@" || status=$?
 if [[ $status -eq 5 ]]; then
   echo "test: pytest collected no tests; that is a failure here" >&2
   exit 1
