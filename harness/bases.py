@@ -280,7 +280,10 @@ def resolve_session(root: Path, cache: Path, *, spec: str) -> BaseInfo:
         raise BaseError(f"{root}: the session has no kept run yet, so no checkpoint to start from; run it first "
                         "(`autoresearch run`), or pass a checkpoint directory")
     ckpt = root / ".autoresearch" / "checkpoints" / f"run-{best.run}"
-    if not is_our_checkpoint(ckpt):
+    from harness.adapted import is_adapted_checkpoint
+
+    adapted = (root / BASE_JSON).is_file() and is_adapted_checkpoint(ckpt)  # a post-training session's run
+    if not adapted and not is_our_checkpoint(ckpt):
         raise BaseError(f"{root}: its best kept run #{best.run} ({best.commit}) has no checkpoint in {ckpt} (pruned, "
                         "or a session from before checkpoints); run that commit again, or pass a checkpoint directory")
     try:
@@ -292,6 +295,10 @@ def resolve_session(root: Path, cache: Path, *, spec: str) -> BaseInfo:
     upstream = _read_json(root / BASE_JSON)  # the session itself post-trained a base: the chain status shows
     if upstream is not None:
         origin["base"] = {k: upstream.get(k) for k in ("name", "kind", "fingerprint", "origin")}
+    if adapted:
+        from harness.adapted import resolve_adapted
+
+        return resolve_adapted(ckpt, root, cache, spec=spec, origin=origin, name=f"{root.name} run {best.run}")
     return resolve_checkpoint(ckpt, cache, spec=spec, origin=origin, name=f"{root.name} run {best.run}")
 
 

@@ -499,3 +499,89 @@ def test_models_list_shows_the_materialized_bases(tmp_path: Path, monkeypatch, c
     assert main(["models", "list", "--json"]) == 0
     [row] = json.loads(capsys.readouterr().out)
     assert row["fingerprint"] == info.fingerprint and row["size_bytes"] == info.size_bytes() > 0
+
+
+# ------------------------------------------------------------------ a post-training session as a base
+
+
+def _adapter_session(tmp_path: Path, name: str, base_spec: Path, *, seed: int = 1) -> tuple[Path, object, Path]:
+    """A toysft session on `base_spec`, one kept run whose checkpoint is a random nonzero LoRA adapter saved
+    by the kit (as a real run's train.py saves it). Returns the workspace, its loaded base and the checkpoint."""
+    import torch
+
+    ws = tmp_path / name
+    assert main(["-C", str(ws), "init", "--target", "toysft", "--base", str(base_spec), "--tag", "t"]) == 0
+    head = git(ws, "rev-parse", "HEAD").strip()
+    assert main(["-C", str(ws), "log-experiment", "--run", "1", "--commit", head[:7], "--metric", "0.5",
+                 "--status", "keep", "--description", "baseline"]) == 0
+    arbase = resources.kit_module("arbase")
+    base = arbase.load_base(str(ws), device="cpu")
+    g = torch.Generator().manual_seed(seed)
+    lora = {lin.name: (torch.randn(4, lin.d_in, generator=g) * 0.2, torch.randn(lin.d_out, 4, generator=g) * 0.2)
+            for lin in arbase.linear_modules(base.model) if lin.component in ("attn", "mlp", "unembed")}
+    ckpt = ws / ".autoresearch" / "checkpoints" / "run-1"
+    arbase.save_adapter(str(ckpt), base, lora, 4, 8)
+    return ws, base, ckpt
+
+
+def _logits(arbase, model, base) -> object:
+    import torch
+
+    x = torch.tensor([base.prompt_ids("what is 3 + 4") + base.completion_ids("3 + 4 = 7 #### 7")])
+    with torch.no_grad():
+        return arbase.logits_of(model, x).float()
+
+
+@pytest.mark.parametrize("kind", ["ours", "hf"])
+def test_a_post_training_sessions_best_run_is_its_base_with_the_adapter_merged(
+        kind: str, trained, toy_assets: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    import torch
+
+    from harness import adapted
+
+    monkeypatch.setenv("AUTORESEARCH_CACHE_DIR", str(trained.root / "cache"))
+    if kind == "ours":
+        first_base = _pretrain_session(tmp_path, trained.ckpt, checkpoint_of=2)
+    else:
+        first_base = tmp_path / "llama"
+        _tiny_llama(first_base)
+    sft1, base1, ckpt = _adapter_session(tmp_path, "sft1", first_base)
+    arbase = resources.kit_module("arbase")
+    expected = _logits(arbase, arbase.load_adapted(base1, str(ckpt)), base1)
+    assert not torch.allclose(expected, _logits(arbase, base1.model, base1), atol=1e-3)  # the adapter matters
+
+    second = tmp_path / "dpo1"
+    assert main(["-C", str(second), "init", "--target", "toysft", "--base", str(sft1), "--tag", "t"]) == 0
+    record = json.loads((second / "base.json").read_text())
+    assert record["kind"] == kind and record["origin"]["type"] == "session" and record["origin"]["run"] == 1
+    assert record["origin"]["base"]["fingerprint"] == base1.fingerprint
+    assert record["model"]["adapted_from"] == base1.fingerprint
+    base2 = arbase.load_base(str(second), device="cpu")  # verified file by file, then loaded as any base
+    torch.testing.assert_close(_logits(arbase, base2.model, base2), expected, atol=1e-5, rtol=1e-5)
+
+    capsys.readouterr()
+    assert main(["-C", str(second), "status"]) == 0
+    chain = [ln.strip() for ln in capsys.readouterr().out.splitlines() if "from " in ln and "(" + kind + ")" in ln]
+    assert chain[0].startswith("base  sft1 run 1") and f"from session {sft1.resolve()} run #1" in chain[0]
+    assert chain[1].startswith("which was post-trained from")
+
+    # Once per (base, checkpoint): a second session on the same run merges nothing.
+    def no_merge(*_a, **_k):
+        raise AssertionError("merged again")
+
+    monkeypatch.setattr(adapted, "materialize", no_merge)
+    third = tmp_path / "grpo1"
+    assert main(["-C", str(third), "init", "--target", "toysft", "--base", str(sft1), "--tag", "t"]) == 0
+    assert json.loads((third / "base.json").read_text())["fingerprint"] == record["fingerprint"]
+
+
+def test_a_post_training_session_whose_base_left_the_cache_says_where_to_resolve_it(
+        trained, toy_assets: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("AUTORESEARCH_CACHE_DIR", str(trained.root / "cache"))
+    llama = tmp_path / "llama"
+    _tiny_llama(llama)
+    sft1, _, _ = _adapter_session(tmp_path, "sft1", llama)
+    other = tmp_path / "other-cache"
+    with pytest.raises(BaseError, match="is not in this cache") as err:
+        resolve_base(str(sft1), other)
+    assert "AUTORESEARCH_CACHE_DIR" in str(err.value)
