@@ -24,7 +24,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from harness.bases import BASE_JSON, BaseError, BaseInfo, _existing, _link_or_copy, bases_dir, materialize, read_base
+from harness.bases import (
+    BASE_JSON,
+    BaseError,
+    BaseInfo,
+    _existing,
+    _link_or_copy,
+    bases_dir,
+    materialize,
+    read_base,
+)
 from harness.resources import kit_module
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
