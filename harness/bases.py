@@ -413,3 +413,17 @@ def chain_lines(chain: list[dict[str, Any]]) -> list[str]:
         text = f"{b.get('name')} ({b.get('kind')}), from {describe_origin(b.get('origin') or {})}, fingerprint {fp}"
         lines.append(text if i == 0 else f"which was post-trained from {text}")
     return lines
+
+
+def prepared_lines(workspace: Path, target: str, cache: Path | None = None) -> list[str]:
+    """What a post-training target's prepare step said of its data for this workspace's base (rows, the base's
+    own accuracy, a dpo session's preference pairs by type): `<cache>/posttrain/<base fp16>/status-<target>.json`,
+    written by the kit (arpost). Empty when there is none or it is unreadable: status never fails on it."""
+    record = _read_json(workspace / BASE_JSON)
+    fp = str((record or {}).get("fingerprint") or "")
+    if not fp or not target.replace("-", "").replace("_", "").isalnum():
+        return []
+    found = _read_json((cache or cache_root()) / "posttrain" / fp[:16] / f"status-{target}.json")
+    lines = (found or {}).get("lines")
+    return [str(x) for x in lines if isinstance(x, str)][:20] if isinstance(lines, list) else []
+

@@ -478,6 +478,7 @@ def _status_data(root: Path, cfg: Config, foreign: str | None = None) -> dict[st
     d = views.status_data(cfg, state, branch=branch, head=head, consistency=consistency, goal=_goal(root))
     d["runs_in"], d["metric_from"] = (None, foreign) if foreign else _where_runs_happen(root, cfg)
     d["base"] = bases.base_chain(root)  # a post-training session's base, and the bases behind it
+    d["prepared"] = bases.prepared_lines(root, cfg.target) if d["base"] else []  # its data, a dpo session's pairs
     d["config_changes"] = [{"segment": c.segment, "new_segment": c.new_segment, "how": c.how, "commit": c.commit,
                             "timestamp": c.timestamp, "changes": c.changes} for c in state.config_changes]
     d["ledger"] = str(ledger.ledger_path(root).relative_to(root))
@@ -493,6 +494,8 @@ def _render_status(d: dict[str, Any]) -> None:
               "read, as pi does not read it")
     for i, line in enumerate(bases.chain_lines(d.get("base") or [])):
         print(f"{'base' if i == 0 else '':<4}  {line}")
+    for i, line in enumerate(d.get("prepared") or []):
+        print(f"{'data' if i == 0 else '':<4}  {line}")
     _render_config_changes(d.get("config_changes") or [])
 
 

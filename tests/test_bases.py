@@ -585,3 +585,28 @@ def test_a_post_training_session_whose_base_left_the_cache_says_where_to_resolve
     with pytest.raises(BaseError, match="is not in this cache") as err:
         resolve_base(str(sft1), other)
     assert "AUTORESEARCH_CACHE_DIR" in str(err.value)
+
+
+def test_status_shows_what_the_targets_prepare_step_said_of_its_data(toy_assets: Path, tmp_path: Path,
+                                                                     monkeypatch, capsys) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("AUTORESEARCH_CACHE_DIR", str(cache))
+    llama = tmp_path / "llama"
+    _tiny_llama(llama)
+    ws = tmp_path / "dpo"
+    assert main(["-C", str(ws), "init", "--target", "toysft", "--base", str(llama), "--tag", "t"]) == 0
+    capsys.readouterr()
+    assert main(["-C", str(ws), "status"]) == 0
+    assert "data  " not in capsys.readouterr().out  # nothing prepared yet: no line, no error
+    fp = json.loads((ws / "base.json").read_text())["fingerprint"]
+    status = cache / "posttrain" / fp[:16] / "status-toysft.json"
+    status.parent.mkdir(parents=True)
+    status.write_text(json.dumps({"lines": ["offline-math:levels=1: 400 train rows", "pairs: 12 (correct_vs_incorrect 9, "
+                                            "coherence 3), 2 of 20 questions with no pair"]}))
+    (status.parent / "status-other.json").write_text(json.dumps({"lines": ["another target's"]}))
+    assert main(["-C", str(ws), "status"]) == 0
+    out = capsys.readouterr().out
+    assert "data  offline-math:levels=1: 400 train rows\n      pairs: 12 (correct_vs_incorrect 9, coherence 3)" in out
+    assert "another target's" not in out
+    status.write_text("{not json")
+    assert main(["-C", str(ws), "status"]) == 0 and "data  " not in capsys.readouterr().out
