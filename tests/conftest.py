@@ -229,13 +229,65 @@ def run_py(cwd: Path, env: dict[str, str], *args: str, timeout: float = 240):
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def trained_pretrain(root: Path, prepare_args: Sequence[str]):
-    """A pretrain workspace under `root`, data prepared with `prepare_args` in a private cache, and the
-    checkpoint of a 2 s CPU run in `root/ckpt`. Returns root, ws, env (without the harness's per-run
-    variables), ckpt and data_dir."""
-    from types import SimpleNamespace
+# ---------------------------------------------------------------------------
+# Pretrain artefacts shared by every test process of one pytest run
+#
+# Prepared data and a 2 s run's checkpoint take 20-110 s to make on a loaded 2-core machine, and half a dozen
+# modules want the same ones (test_pretrain_eval, _heldout, test_bases, test_arbase, test_sft, ...). Each is
+# made once per pytest run, by whichever xdist worker asks first, under a file lock in a directory all the
+# run's workers share; everyone else waits on the lock and then copies it. Tests get a private copy (so a
+# test may still write into its cache or checkpoint) in the directory they name, exactly as if they had made
+# it themselves. The artefact is keyed by what makes it: the prepare arguments (flag order does not matter)
+# and the training budget.
+# ---------------------------------------------------------------------------
 
-    ws = pretrain_workspace(root / "ws")
+_SHARED_ROOT: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_artefacts_root(tmp_path_factory) -> Path:
+    """Where this pytest run's shared artefacts live: the parent of the workers' base temp directories under
+    xdist (pytest-N/, one per run, holding popen-gw0/, popen-gw1/, ...), else this process's base temp."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-artefacts"
+    root.mkdir(exist_ok=True)
+    _SHARED_ROOT[:] = [root]
+    return root
+
+
+def _canonical_args(args: Sequence[str]) -> tuple[str, ...]:
+    """The same arguments in one order when they are all `--flag value` pairs (what the tests pass), so that
+    ("--max-bytes", "300000", "--vocab-size", "512") and the other order share one artefact."""
+    pairs = list(zip(args[0::2], args[1::2], strict=False))
+    if len(args) % 2 == 0 and all(f.startswith("--") and not v.startswith("--") for f, v in pairs):
+        return tuple(x for pair in sorted(pairs) for x in pair)
+    return tuple(args)
+
+
+def shared_artefact(name: str, key: object, make: Callable[[Path], None]) -> Path:
+    """The directory `make(directory)` fills, made once per pytest run for this (name, key) across all xdist
+    workers, read-only by convention: copy what you change. A failed `make` leaves nothing behind (the next
+    caller tries again, and fails the same way, with its own message)."""
+    import fcntl
+    import hashlib
+    import shutil
+
+    root = _SHARED_ROOT[0] if _SHARED_ROOT else Path(tempfile.gettempdir()) / f"autoresearch-shared-{os.getpid()}"
+    root.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(repr((name, key)).encode()).hexdigest()[:16]
+    done = root / f"{name}-{digest}"
+    with open(root / f"{name}-{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when its process dies
+        if not done.exists():
+            partial = root / f"{name}-{digest}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            make(partial)
+            partial.rename(done)
+    return done
+
+
+def _pretrain_env(root: Path) -> dict[str, str]:
     env = {
         **os.environ,
         "AUTORESEARCH_CACHE_DIR": str(root / "cache"),
@@ -243,12 +295,59 @@ def trained_pretrain(root: Path, prepare_args: Sequence[str]):
         "HF_HUB_OFFLINE": "1",
         "CUDA_VISIBLE_DEVICES": "",  # the CPU path, even on a GPU machine
     }
-    for var in ("AUTORESEARCH_DATASET", "AUTORESEARCH_RESULT_FILE", "AUTORESEARCH_CHECKPOINT", "ANTHROPIC_API_KEY"):
+    for var in ("AUTORESEARCH_DATASET", "AUTORESEARCH_RESULT_FILE", "AUTORESEARCH_CHECKPOINT", "ANTHROPIC_API_KEY",
+                "AUTORESEARCH_TOKEN_BUDGET"):
         env.pop(var, None)
-    prepared = run_py(ws, env, "prepare.py", *prepare_args)
-    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
-    ckpt = root / "ckpt"
-    result = run_py(ws, {**env, "AUTORESEARCH_CHECKPOINT": str(ckpt)}, "train.py")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return SimpleNamespace(root=root, ws=ws, env=env, ckpt=ckpt, data_dir=root / "cache" / "pretrain" / "local")
+    return env
 
+
+def _copy_into(src: Path, root: Path) -> None:
+    import shutil
+
+    root.mkdir(parents=True, exist_ok=True)
+    for entry in src.iterdir():
+        if entry.is_dir():
+            shutil.copytree(entry, root / entry.name, symlinks=True)
+        else:
+            shutil.copy2(entry, root / entry.name)
+
+
+def prepared_pretrain(root: Path, prepare_args: Sequence[str]):
+    """A pretrain workspace under `root` (root/ws) and its data prepared with `prepare_args` in a private cache
+    (root/cache), as `python prepare.py ARGS` leaves them. Returns root, ws, env (without the harness's per-run
+    variables), data_dir and prepare_stdout (what that prepare printed: it ran once for the whole pytest run)."""
+    args = _canonical_args(prepare_args)
+
+    def make(directory: Path) -> None:
+        ws = pretrain_workspace(directory / "ws")
+        prepared = run_py(ws, _pretrain_env(directory), "prepare.py", *args)
+        assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+        (directory / "prepare.stdout").write_text(prepared.stdout, encoding="utf-8")
+
+    _copy_into(shared_artefact("prepared", args, make), root)
+    return _prepared_namespace(root)
+
+
+def _prepared_namespace(root: Path):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(root=root, ws=root / "ws", env=_pretrain_env(root), data_dir=root / "cache" / "pretrain" / "local",
+                           prepare_stdout=(root / "prepare.stdout").read_text(encoding="utf-8"))
+
+
+def trained_pretrain(root: Path, prepare_args: Sequence[str]):
+    """A pretrain workspace under `root`, data prepared with `prepare_args` in a private cache, and the
+    checkpoint of a 2 s CPU run in `root/ckpt`. Returns root, ws, env (without the harness's per-run
+    variables), ckpt, data_dir and train_stdout. Made once per pytest run (shared_artefact), copied here."""
+    args = _canonical_args(prepare_args)
+
+    def make(directory: Path) -> None:
+        t = prepared_pretrain(directory, args)
+        result = run_py(t.ws, {**t.env, "AUTORESEARCH_CHECKPOINT": str(directory / "ckpt")}, "train.py")
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        (directory / "train.stdout").write_text(result.stdout, encoding="utf-8")
+
+    _copy_into(shared_artefact("trained", args, make), root)
+    t = _prepared_namespace(root)
+    t.ckpt, t.train_stdout = root / "ckpt", (root / "train.stdout").read_text(encoding="utf-8")
+    return t
