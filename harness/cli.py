@@ -237,6 +237,24 @@ def _advise(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the advice as JSON (what advice.json holds)")
 
 
+def _judge(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--a", required=True, type=Path, metavar="A.jsonl",
+                   help="the answers the report is about (e.g. a run's): one JSON object a line with id, prompt, answer")
+    p.add_argument("--b", required=True, type=Path, metavar="B.jsonl",
+                   help="the answers they are compared with (e.g. the base's), matched by id")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--model", metavar="MODEL", help="the judge's Claude model (default: the agent's default model)")
+    p.add_argument("--concurrency", type=_at_least_one, default=4, metavar="N",
+                   help="judgments in flight at once (default 4)")
+    p.add_argument("--max-cost", type=float, metavar="USD",
+                   help="start no new judgment once the estimated spend reaches USD; the rest is reported as not judged")
+    p.add_argument("--cache", type=Path, metavar="DIR",
+                   help="where judgments are cached (default: <cache>/judge, AUTORESEARCH_CACHE_DIR or "
+                   "~/.cache/autoresearch); a rerun costs nothing")
+    p.add_argument("--intersection", action="store_true",
+                   help="judge the ids both files have, instead of refusing files whose ids differ")
+
+
 def _finalize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--base", metavar="REV", help="base commit (default: the parent of the session setup commit)")
@@ -322,6 +340,15 @@ COMMANDS: dict[str, Command] = {
         "(the base's tokenizer), the method (seed 001's decision tree), the LoRA parameters per rank per component, "
         "the capacity verdict (LoRA params >= completion tokens; the 2-bits-per-parameter variant beside it), and "
         "the recommended rank and LR with why. Reads no weights and downloads nothing."),
+    "judge": Command(
+        "compare two models' answers with a position-debiased Claude judge (ANTHROPIC_API_KEY)", _judge,
+        "judge:cmd_judge",
+        "Each pair of answers is judged twice at temperature 0, once in each order, under MT-Bench's pairwise "
+        "prompt with a correctness/helpfulness/clarity rubric, and a win counts only when both orders agree "
+        "(otherwise a tie; identical answers tie without a call; a judgment without one final [[A]], [[B]] or "
+        "[[C]] is an error, excluded from n). Prints n, win/tie/loss rates, the adjusted win rate (win + tie/2)/n "
+        "with its standard error, the inconsistency, first-position and error rates, and the cost; judgments "
+        "are cached, so a rerun costs nothing."),
     "finalize": Command(
         "turn the session branch into clean review branches, one per change", _finalize, "inspect_cli:cmd_finalize",
         "Groups the kept experiments by the files they touch (groups never share a file) and creates one branch "

@@ -95,6 +95,9 @@ class FakeAnthropic:
     def __init__(self) -> None:
         self.script: list[Script] = []
         self.requests: list[Recorded] = []
+        self.default: Script | None = None  # the reply once the script is empty (None: the 400 below)
+        self.in_flight = 0  # requests being answered now, and the most at once (a client's concurrency)
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         fake = self
 
@@ -107,7 +110,16 @@ class FakeAnthropic:
                     obj = {}
                 with fake._lock:
                     fake.requests.append(Recorded(self.path, {k.lower(): v for k, v in self.headers.items()}, body, obj))
-                    item = fake.script.pop(0) if fake.script else None
+                    item = fake.script.pop(0) if fake.script else fake.default
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                try:
+                    self._answer(item, obj)
+                finally:
+                    with fake._lock:
+                        fake.in_flight -= 1
+
+            def _answer(self, item: Script | None, obj: dict[str, Any]) -> None:
                 if item is None:
                     reply = error(400, "invalid_request_error", "fake server: no scripted reply left")
                 elif self.path.split("?")[0] != "/v1/messages":
@@ -134,6 +146,10 @@ class FakeAnthropic:
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
+
+    def always(self, item: Script) -> None:
+        """Answer every request the script does not with `item` (e.g. a function of the request)."""
+        self.default = item
 
     def push(self, *items: Script) -> None:
         with self._lock:
