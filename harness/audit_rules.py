@@ -334,8 +334,11 @@ class Checks:
                     yield "result-channel", node, here | ln, ""
 
     def _validation(self, node: ast.Call, callee: set[str], here: Lines, args: list[ast.expr]) -> Iterator[Hit]:
+        # prepared.rows(...) on a value a fixed module made, or such a method bound to a name first
+        # (rows = arpost.load_prepared().rows; rows("val")): the kit's loaders hand out every split
+        made = node.func.value if isinstance(node.func, ast.Attribute) else node.func
         loads = any(_rooted(c, self.scope.modules) or c.rsplit(".", 1)[-1] in _DATALOADERS for c in callee) or (
-            isinstance(node.func, ast.Attribute) and self._from_fixed(node.func.value) is not None)  # prepared.rows(...)
+            self._from_fixed(made) is not None)
         for a in args:
             is_split = any(k.value is a and k.arg == "split" for k in node.keywords)
             if not (loads or is_split):

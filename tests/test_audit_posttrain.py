@@ -16,7 +16,7 @@ from conftest import ASSETS
 
 from harness.audit import audit_workspace
 
-FIXED = ("prepare.py", "armath.py", "arbase.py", "arkit.py")  # an sft workspace's fixed Python files
+FIXED = ("prepare.py", "armath.py", "arbase.py", "arpost.py", "arkit.py")  # an sft workspace's fixed Python files
 GUARD = '\nif __name__ == "__main__":'
 
 
@@ -24,7 +24,8 @@ def _audit(tmp_path: Path, code: str) -> list[str]:
     root = tmp_path / "ws"
     root.mkdir()
     for rel, src in (("prepare.py", ASSETS / "sft" / "prepare.py"), ("armath.py", ASSETS / "armath.py"),
-                     ("arbase.py", ASSETS / "arbase.py"), ("arkit.py", ASSETS / "arkit.py")):
+                     ("arbase.py", ASSETS / "arbase.py"), ("arpost.py", ASSETS / "arpost.py"),
+                     ("arkit.py", ASSETS / "arkit.py")):
         shutil.copyfile(src, root / rel)
     train = (ASSETS / "sft" / "train.py").read_text(encoding="utf-8")
     assert train.count(GUARD) == 1, "assets/sft/train.py lost its main guard: the test's anchor"
@@ -40,23 +41,27 @@ READS_HELD_OUT = {
     "every split, then one by key": 'def extra():\n    return armath.load_splits(DATA)["val"].items\n',
     "every split bound, then the test key": 'def extra():\n    splits = armath.load_splits(DATA)\n    return splits["test"]\n',
     "the prepared rows of val": 'def extra():\n    prepared = prepare.load_prepared()\n    return prepared.rows("val")\n',
+    "the shared kit's rows of val": 'def extra():\n    return arpost.load_prepared().rows("val")\n',
+    "the shared kit's rows of test, bound": 'def extra():\n    p = arpost.load_prepared()\n    rows = p.rows\n    return rows("test")\n',
+    "the shared kit's rows by split=": 'def extra():\n    return arpost.load_prepared().rows(split="test")\n',
 }
 INNOCENT = {
     "the prepared rows of train": 'def extra():\n    prepared = prepare.load_prepared()\n    return prepared.rows("train")\n',
     "every split, then train": 'def extra():\n    return armath.load_splits(DATA)["train"].items\n',
+    "the shared kit's rows of train": 'def extra():\n    return arpost.load_prepared().rows("train")\n',
     "a dict of its own keyed val": 'def extra(history):\n    return history["val"][-1]\n',
 }
 
 
 @pytest.mark.parametrize("name", READS_HELD_OUT)
 def test_reading_held_out_items_is_caught(tmp_path: Path, name: str) -> None:
-    code = "import armath\nimport prepare\nDATA = 'offline-math:levels=1'\n\n\n" + READS_HELD_OUT[name]
+    code = "import armath\nimport arpost\nimport prepare\nDATA = 'offline-math:levels=1'\n\n\n" + READS_HELD_OUT[name]
     assert "validation-data" in _audit(tmp_path, code), name
 
 
 @pytest.mark.parametrize("name", INNOCENT)
 def test_the_train_split_and_own_dicts_pass(tmp_path: Path, name: str) -> None:
-    code = "import armath\nimport prepare\nDATA = 'offline-math:levels=1'\n\n\n" + INNOCENT[name]
+    code = "import armath\nimport arpost\nimport prepare\nDATA = 'offline-math:levels=1'\n\n\n" + INNOCENT[name]
     assert _audit(tmp_path, code) == [], name
 
 
@@ -67,7 +72,7 @@ def test_the_shipped_sft_train_py_passes_as_a_whole(tmp_path: Path) -> None:
     root.mkdir()
     for rel in ("prepare.py",):
         shutil.copyfile(ASSETS / "sft" / rel, root / rel)
-    for rel in ("armath.py", "arbase.py", "arkit.py"):
+    for rel in ("armath.py", "arbase.py", "arpost.py", "arkit.py"):
         shutil.copyfile(ASSETS / rel, root / rel)
     train = (ASSETS / "sft" / "train.py").read_text(encoding="utf-8")
     (root / "train.py").write_text(train, encoding="utf-8")

@@ -41,7 +41,7 @@ def sft_workspace(t, ws: Path) -> Path:
     ws.mkdir(parents=True)
     for name in ("prepare.py", "train.py"):
         shutil.copy(ASSETS / "sft" / name, ws / name)
-    for name in ("arkit.py", "arbase.py", "armath.py"):
+    for name in ("arkit.py", "arbase.py", "armath.py", "arpost.py"):
         shutil.copy(ASSETS / name, ws / name)
     shutil.copy(base_dir / "base_model.py", ws / "base_model.py")
     (ws / "base.json").write_text(json.dumps(info))
@@ -60,6 +60,11 @@ def test_prepare_train_evaluate(pretrained, tmp_path):
     prepared = run_py(ws, env, "prepare.py", "--data", SMALL_DATA)
     assert prepared.returncode == 0, prepared.stdout + prepared.stderr
     assert "base on val: accuracy" in prepared.stdout
+    # the status line `autoresearch status` prints for a workspace on this base (arpost.write_status)
+    fp16 = json.loads((ws / "base.json").read_text())["fingerprint"][:16]
+    status = json.loads((pretrained.root / "cache" / "posttrain" / fp16 / "status-sft.json").read_text())
+    assert re.fullmatch(rf"data: {re.escape(SMALL_DATA)}, 400 train rows, base accuracy \d\.\d{{3}} on 16 val items",
+                        status["lines"][0]), status
     ckpt = tmp_path / "ckpt"
     trained = run_py(ws, {**env, "AUTORESEARCH_TIME_BUDGET": "3", "AUTORESEARCH_CHECKPOINT": str(ckpt)}, "train.py")
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
@@ -136,7 +141,7 @@ def test_contamination_guard_refuses_eval_items_seen_in_train(pretrained, tmp_pa
     (data / "test.jsonl").write_text(json.dumps(fresh) + "\n")
     prepared = run_py(ws, pretrained.env, "prepare.py", "--data", str(data))
     assert prepared.returncode == 0, prepared.stdout + prepared.stderr
-    manifest_dir = next(p for p in (pretrained.root / "cache" / "sft").iterdir() if (p / "manifest.json").exists()
+    manifest_dir = next(p for p in (pretrained.root / "cache" / "posttrain").iterdir() if (p / "manifest.json").exists()
                         and json.loads((p / "manifest.json").read_text())["data"] == str(data))
     manifest = json.loads((manifest_dir / "manifest.json").read_text())
     assert manifest["splits"]["val"]["rows"] == 1 and manifest["splits"]["val"]["contaminated"] == 1
