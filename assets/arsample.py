@@ -83,7 +83,7 @@ def choose(logits_R_V: torch.Tensor, u_R: torch.Tensor, temperature: float, top_
     probs = torch.softmax(logits / temperature, dim=-1)
     order = None
     if top_p < 1.0:
-        probs, order = probs.sort(-1, descending=True, stable=True)  # stable: ties keep vocabulary order
+        probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)  # stable: ties keep vocabulary order
         probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)
     cdf = probs.cumsum(-1)
     k = torch.searchsorted(cdf, (u_R.to(cdf) * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
