@@ -338,12 +338,15 @@ def _prepared_namespace(root: Path):
 def trained_pretrain(root: Path, prepare_args: Sequence[str]):
     """A pretrain workspace under `root`, data prepared with `prepare_args` in a private cache, and the
     checkpoint of a 2 s CPU run in `root/ckpt`. Returns root, ws, env (without the harness's per-run
-    variables), ckpt, data_dir and train_stdout. Made once per pytest run (shared_artefact), copied here."""
+    variables), ckpt, data_dir and train_stdout (the run's output; it was given AUTORESEARCH_RESULT_FILE =
+    root/train.result.jsonl, which it must leave alone). Made once per pytest run (shared_artefact), copied here."""
     args = _canonical_args(prepare_args)
 
     def make(directory: Path) -> None:
         t = prepared_pretrain(directory, args)
-        result = run_py(t.ws, {**t.env, "AUTORESEARCH_CHECKPOINT": str(directory / "ckpt")}, "train.py")
+        # with a result file named, as a run never is: train.py must not write it (test_pretrain_smoke checks)
+        result = run_py(t.ws, {**t.env, "AUTORESEARCH_CHECKPOINT": str(directory / "ckpt"),
+                               "AUTORESEARCH_RESULT_FILE": str(directory / "train.result.jsonl")}, "train.py")
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         (directory / "train.stdout").write_text(result.stdout, encoding="utf-8")
 

@@ -7,10 +7,9 @@ Run: python -m pytest tests/test_noise_default.py -q
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from conftest import pretrain_workspace, run_py
+from conftest import prepared_pretrain, run_py
 from toy import cli, cli_proc, make_toy, set_constant
 
 from harness import config as config_mod
@@ -71,14 +70,10 @@ def test_token_budget_check() -> None:
 def test_pretrain_train_py_stops_at_the_token_budget(tmp_path: Path) -> None:
     """train.py with AUTORESEARCH_TOKEN_BUDGET trains on at most that many tokens, however long it takes
     (the time budget here is far away), and says so in what it reports: what the harness checks."""
-    ws = pretrain_workspace(tmp_path / "ws")
-    env = {**os.environ, "AUTORESEARCH_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
-           "CUDA_VISIBLE_DEVICES": "", "AUTORESEARCH_CHECKPOINT": str(tmp_path / "ckpt")}
-    for var in ("AUTORESEARCH_DATASET", "AUTORESEARCH_RESULT_FILE", "AUTORESEARCH_TOKEN_BUDGET"):
-        env.pop(var, None)
-    prepared = run_py(ws, env, "prepare.py", "--dataset", "local", "--max-bytes", "300000", "--vocab-size", "512",
-                      "--eval-tokens", "4096")
-    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+    # the data as `prepare.py --dataset local --max-bytes 300000 ...` leaves it (prepared once per pytest run)
+    t = prepared_pretrain(tmp_path, ("--dataset", "local", "--max-bytes", "300000", "--vocab-size", "512",
+                                     "--eval-tokens", "4096"))
+    ws, env = t.ws, {**t.env, "AUTORESEARCH_CHECKPOINT": str(tmp_path / "ckpt")}
     budget = 3 * 1024 + 500  # the CPU preset's step is 1,024 tokens: three steps fit, a fourth would not
     res = run_py(ws, {**env, "AUTORESEARCH_TIME_BUDGET": "10000", contention.TOKEN_BUDGET_ENV: str(budget)}, "train.py")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]

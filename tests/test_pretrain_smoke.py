@@ -2,6 +2,10 @@
 workspace directory, as subprocesses, on a small offline corpus and a few seconds of training, then the
 fixed evaluation (`prepare.py --evaluate`) of the checkpoint the run wrote.
 
+The first prepare and the 2 s run are the ones tests/conftest.py makes once per pytest run for every module
+that wants this data and checkpoint (prepared_pretrain, trained_pretrain: the same commands, in a workspace of
+their own); this module checks what they printed and left, and runs the rest itself.
+
 Run: .venv/bin/python -m pytest tests/test_pretrain_smoke.py -q   (CPU only, no network, ~20-30 s)
 """
 
@@ -9,12 +13,13 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import kit_module, pretrain_train, pretrain_workspace
+from conftest import kit_module, prepared_pretrain, pretrain_train, pretrain_workspace, trained_pretrain
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "pretrain")
 METRIC_LINE = re.compile(r"^METRIC ([A-Za-z_][A-Za-z0-9_]*)=(\S+)$")
@@ -41,12 +46,24 @@ def run(ws, env, *args, timeout=240):
     return subprocess.run([sys.executable, *args], cwd=ws, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+PREPARE_ARGS = ("--dataset", "local", "--max-bytes", "300000", "--vocab-size", "512", "--eval-tokens", "4096")
+
+
 @pytest.fixture(scope="module")
 def prepared(workspace):
-    """prepare.py run twice on a ~300 KB slice of the stdlib corpus with a 512-token vocabulary."""
-    ws, env, _ = workspace
-    args = ("prepare.py", "--dataset", "local", "--max-bytes", "300000", "--vocab-size", "512", "--eval-tokens", "4096")
-    return run(ws, env, *args), run(ws, env, *args)
+    """prepare.py on a ~300 KB slice of the stdlib corpus with a 512-token vocabulary: the first time (its
+    output; conftest.prepared_pretrain), then again in this module's workspace, over a copy of that cache."""
+    ws, env, root = workspace
+    first = prepared_pretrain(root / "first", PREPARE_ARGS)
+    shutil.copytree(first.root / "cache", root / "cache")
+    return first.prepare_stdout, run(ws, env, "prepare.py", *PREPARE_ARGS)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """`python train.py` (2 s budget, AUTORESEARCH_CHECKPOINT and AUTORESEARCH_RESULT_FILE set) after that
+    prepare, in a workspace of its own: conftest.trained_pretrain."""
+    return trained_pretrain(tmp_path_factory.mktemp("trained"), PREPARE_ARGS)
 
 
 def test_train_before_prepare_says_what_to_do(workspace):
@@ -67,9 +84,8 @@ def test_prepare_help_explains_the_datasets(workspace):
 
 
 def test_prepare_is_idempotent(prepared):
-    first, second = prepared
-    assert first.returncode == 0, first.stderr
-    assert "round-trip sanity check passed" in first.stdout
+    first, second = prepared  # the first exited 0 (prepared_pretrain checks)
+    assert "round-trip sanity check passed" in first
     assert second.returncode == 0 and "already prepared" in second.stdout
 
 
@@ -78,16 +94,15 @@ def summary_block(out: str) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in block if ":" in line and not line.startswith("METRIC"))}
 
 
-def test_train_saves_a_checkpoint_and_the_evaluation_scores_it(workspace, prepared):
+def test_train_saves_a_checkpoint_and_the_evaluation_scores_it(trained):
     """train.py trains and writes its checkpoint, printing training figures and no val_bpb, and reports
     nothing through the channel; `prepare.py --evaluate` then scores the checkpoint and reports val_bpb,
     once, through the channel."""
-    ws, env, root = workspace
+    root, ws = trained.root, trained.ws
     channel = root / "result.jsonl"
+    env = {**trained.env, "AUTORESEARCH_CHECKPOINT": str(trained.ckpt), "AUTORESEARCH_RESULT_FILE": str(channel)}
 
-    result = run(ws, env, "train.py")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    out = result.stdout
+    out = trained.train_stdout
     assert re.search(r"^attention: sdpa", out, re.M) and re.search(r"^preset: cpu", out, re.M)
     assert re.search(r"^step 00000 ", out, re.M)  # progress lines, newline-terminated when not a TTY
     assert re.search(r"^warmup: 1 step in [0-9.]+s, untimed and undone$", out, re.M)  # UNTIMED_STEPS["cpu"]
@@ -99,10 +114,12 @@ def test_train_saves_a_checkpoint_and_the_evaluation_scores_it(workspace, prepar
     metrics = {m.group(1): float(m.group(2)) for m in map(METRIC_LINE.match, out.splitlines()) if m}
     assert "val_bpb" not in summary and "val_bpb" not in metrics and "val_bpb" not in out
     assert all(math.isfinite(v) for v in metrics.values())
-    assert metrics["training_seconds"] >= 4 and metrics["num_steps"] >= 2 and metrics["export_seconds"] < 30
-    assert not channel.exists()  # the run holds no channel to the metric, even with the variable set
+    assert metrics["training_seconds"] >= 2 and metrics["num_steps"] >= 2 and metrics["export_seconds"] < 30
+    assert trained.env["AUTORESEARCH_TIME_BUDGET"] == "2"  # the budget it ran under
+    # the run holds no channel to the metric, even with the variable set (conftest set it for this run)
+    assert not (root / "train.result.jsonl").exists()
 
-    ckpt = root / "checkpoint"
+    ckpt = trained.ckpt
     assert sorted(p.name for p in ckpt.iterdir()) == ["config.json", "model.pt", "model.pt2", "train.py"]
     config = json.loads((ckpt / "config.json").read_text())
     assert config["fingerprint"] and config["eval_batch"] == 8 and config["device_batch"] == 2
