@@ -94,6 +94,14 @@ class Config:
     min_effect_sigma: float = 1.5  # a mean gain must exceed this many standard errors of the difference
     heldout_metric: str | None = None  # a second metric, never used for decisions, evaluated for kept runs
     heldout_command: str | None = None  # how to evaluate it; gets AUTORESEARCH_CHECKPOINT of the kept run
+    # --- the judge metric (README "The judge"): for kept runs, the controller (never the run, which has no key)
+    # judges the answers the fixed evaluation wrote in the run's checkpoint against `judge_baseline`'s
+    judge: str | None = None  # the run's answers, relative to its checkpoint dir (e.g. answers.jsonl)
+    # None below: harness.judge's defaults (base_answers.jsonl, judge_win_rate, its DEFAULT_MODEL, 2 USD a run)
+    judge_baseline: str | None = None  # the answers they are compared with, in the same dir
+    judge_metric: str | None = None  # win_rate_adjusted, recorded with <name>_se among the run's metrics
+    judge_model: str | None = None  # the judge's model
+    judge_max_cost: float | None = None  # USD per kept run: no new judgment starts past it
     branch: str = ""
     # --- where runs happen (README "The sandbox")
     sandbox: SandboxMode = "auto"
@@ -232,10 +240,10 @@ def _type_problems(cfg: Config) -> list[str]:
                                                    "capacity", "budget")),
         "a string or absent": (lambda x: x is None or isinstance(x, str),
                                ("checks_command", "prepare_command", "model", "heldout_metric", "heldout_command",
-                                "evaluate")),
+                                "evaluate", "judge", "judge_baseline", "judge_metric", "judge_model")),
         "a number": (_is_num, ("time_budget_s", "checks_timeout_s", "tolerance", "startup_allowance_s",
                                "startup_allowance_frac", "eval_allowance_s", "min_effect_sigma", "log_cap_mb")),
-        "a number or absent": (lambda x: x is None or _is_num(x), ("timeout_s",)),
+        "a number or absent": (lambda x: x is None or _is_num(x), ("timeout_s", "judge_max_cost")),
         "an integer or absent": (lambda x: x is None or (isinstance(x, int) and not isinstance(x, bool)),
                                  ("token_budget",)),
         "an integer": (lambda x: isinstance(x, int) and not isinstance(x, bool),
@@ -327,6 +335,14 @@ def validate(cfg: Config, where: str = CONFIG_NAME) -> None:
         problems.append("evaluate is empty: remove it, or name the evaluation command")
     if bool(cfg.heldout_metric) != bool(cfg.heldout_command):
         problems.append("heldout_metric and heldout_command go together")
+    for k in ("judge", "judge_baseline"):
+        v = getattr(cfg, k)
+        if v is not None and (not v.strip() or Path(v).is_absolute() or ".." in Path(v).parts):
+            problems.append(f"{k} must be a file name relative to the run's checkpoint directory, not {v!r}")
+    if cfg.judge_metric is not None and not cfg.judge_metric.strip():
+        problems.append("judge_metric must name the metric (or be removed: judge_win_rate)")
+    if cfg.judge_max_cost is not None and not (cfg.judge_max_cost > 0):
+        problems.append("judge_max_cost must be > 0 USD")
     for p in (*cfg.editable, *cfg.fixed, *cfg.inputs):
         if Path(p).is_absolute() or ".." in Path(p).parts:
             problems.append(f"{p!r}: paths must be relative to the workspace and stay inside it")
@@ -403,6 +419,11 @@ _KEY_TABLE: tuple[Key, ...] = (
     Key("min_effect_sigma", "num", "a mean gain must exceed this many standard errors of the difference"),
     Key("heldout_metric", "str?", "a second metric, never used for decisions, evaluated for kept runs"),
     Key("heldout_command", "str?", "how to evaluate it (gets AUTORESEARCH_CHECKPOINT of the kept run)"),
+    Key("judge", "str?", "kept runs: the answers file (in the run's checkpoint) the judge compares with judge_baseline"),
+    Key("judge_baseline", "str?", "the answers the run's are judged against, in the same checkpoint directory"),
+    Key("judge_metric", "str?", "the judge's win_rate_adjusted, recorded among a kept run's metrics (with _se)"),
+    Key("judge_model", "str?", "the judge's Claude model (none: the judge's default)"),
+    Key("judge_max_cost", "num?", "USD per kept run the judge may spend"),
     Key("branch", "str", "the session's branch"),
     Key("sandbox", "str", "auto, bwrap, checkout or off: where runs happen"),
     Key("network", "bool", "runs (and the evaluation) see the network"),

@@ -493,3 +493,54 @@ def cmd_judge(args: Any) -> int:
     else:
         print(format_result(res, (str(args.a), str(args.b))))
     return 0
+
+
+# ------------------------------------------------------------------------------------- a run's judge metric
+
+DEFAULT_BASELINE = "base_answers.jsonl"
+DEFAULT_METRIC = "judge_win_rate"
+DEFAULT_RUN_MAX_COST_USD = 2.0  # per kept run: about 200 judgments of 1-2k tokens at claude-sonnet-5-5
+
+
+@dataclass(frozen=True)
+class RunJudging:
+    """What the controller adds to a kept run's ledger line: `metrics` (the metric and its SE, absent when
+    there is no result) and `field`, the line's `judge` object (the rest of the report, or the reason)."""
+
+    metrics: dict[str, float]
+    field: dict[str, Any]
+    summary: str  # one line for the controller's output
+
+
+def run_metric(checkpoint: Path, answers: str, *, baseline: str | None = None, metric: str | None = None,
+               model: str | None = None, max_cost_usd: float | None = None, cache_dir: Path | None = None,
+               client: Any = None) -> RunJudging:
+    """Judge a run's answers (`checkpoint/answers`, written by the fixed evaluation) against
+    `checkpoint/baseline` (the base's, which it writes beside them). Never raises for a missing key, an
+    unreachable API or a bad file: the metric is then absent and `field["error"]` says why; the run itself
+    is not affected."""
+    name = metric or DEFAULT_METRIC
+    settings = Settings(model=model or DEFAULT_MODEL, max_cost_usd=max_cost_usd or DEFAULT_RUN_MAX_COST_USD,
+                        cache_dir=cache_dir or default_cache_dir())
+    try:
+        pairs = match(load_answers(checkpoint / answers), load_answers(checkpoint / (baseline or DEFAULT_BASELINE)),
+                      names=(answers, baseline or DEFAULT_BASELINE))
+        res = judge_pairs(pairs, settings, say=lambda _: None, client=client)
+    except UserError as exc:  # JudgeError, APIUnreachable
+        why = scrub(str(exc))
+        return RunJudging({}, {"metric": name, "error": why}, f"judge: {name} not measured: {why}")
+    r = res.report
+    info = {"metric": name, **{k: v for k, v in res.as_dict().items() if k not in ("not_judged", "win_rate_adjusted",
+                                                                                 "win_rate_adjusted_se")}}
+    info["not_judged"] = len(res.not_judged)
+    if r.win_rate_adjusted is None:
+        why = f"no pair could be judged ({len(res.not_judged)} not judged, {r.errors} error(s))"
+        return RunJudging({}, {**info, "error": why}, f"judge: {name} not measured: {why}")
+    metrics = {name: round(r.win_rate_adjusted, 6)}
+    if r.win_rate_adjusted_se is not None:
+        metrics[f"{name}_se"] = round(r.win_rate_adjusted_se, 6)
+    se = "" if r.win_rate_adjusted_se is None else f" ± {r.win_rate_adjusted_se:.3f}"
+    cost = "" if res.cost_usd is None else f", ${res.cost_usd:.4f}"
+    return RunJudging(metrics, info, f"judge: {name} {r.win_rate_adjusted:.3f}{se} (n {r.n}, {r.errors} error(s), "
+                                     f"inconsistency {r.inconsistency_rate if r.inconsistency_rate is not None else 0:.2f}"
+                                     f"{cost})")

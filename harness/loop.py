@@ -188,7 +188,7 @@ class Controller:
                 return []  # the branch moved since: journal.recover logs the run as interrupted
             self.say(f"recovery: experiment #{run} was kept; its held-out evaluation was interrupted: running it again")
             _fault("before_heldout")
-            ledger.append(self.ledger_path, {**rec, "heldout": self._heldout(run, commit)})
+            ledger.append(self.ledger_path, self._after_keep(run, commit, rec))
         prune_checkpoints(self.state_dir / "checkpoints", run, True)
         self.journal.clear()
         return [f"experiment #{run} was kept before the controller stopped; finished its held-out evaluation and "
@@ -324,11 +324,11 @@ class Controller:
         # during it resumes the evaluation (`_finish_heldout`), it never costs the keep.
         rec = self._record(run, commit, m.metrics, m.decision, proposal.description, asi, t0, diff, agent_info, m.confidence,
                            m.extra, state=state)
-        if m.decision.status == "keep" and self.cfg.heldout_command:
+        if m.decision.status == "keep" and (self.cfg.heldout_command or self.cfg.judge):
             st.update(phase="heldout", record=rec)
             self.journal.write(st)
             _fault("before_heldout")
-            rec = {**rec, "heldout": self._heldout(run, commit)}
+            rec = self._after_keep(run, commit, rec)
         ledger.append(self.ledger_path, rec)
         _fault("after_append")
         if m.decision.status != "keep" and not baseline:
@@ -495,6 +495,23 @@ class Controller:
         where = f"branch {branch}" if branch else "a detached HEAD"
         return (f"HEAD moved during the run (to {short(head)} on {where}; the controller committed {short(commit)}): "
                 f"something else changed the repository. Saved as {ref}; the branch is back at {short(commit)}")
+
+    def _after_keep(self, run: int, commit: str, rec: dict[str, Any]) -> dict[str, Any]:
+        """A kept run's line with what is measured after the keep and never decides: the held-out metric, and
+        the judge metric (harness.judge: judged here, with the controller's key, from the answers the fixed
+        evaluation wrote in the run's checkpoint; absent with its reason when it cannot be had)."""
+        if self.cfg.heldout_command:
+            rec = {**rec, "heldout": self._heldout(run, commit)}
+        if answers := self.cfg.judge:
+            from harness import judge  # here: sessions without a judge never import the API client
+
+            cfg = self.cfg
+            got = judge.run_metric(self.state_dir / "checkpoints" / f"run-{run}", answers,
+                                   baseline=cfg.judge_baseline, metric=cfg.judge_metric, model=cfg.judge_model,
+                                   max_cost_usd=cfg.judge_max_cost)
+            self.say(f"       {got.summary}")
+            rec = {**rec, "metrics": {**(rec.get("metrics") or {}), **got.metrics}, "judge": got.field}
+        return rec
 
     def _heldout(self, run: int, commit: str) -> dict[str, Any]:
         """Evaluate the held-out metric of a kept run from its checkpoint; never used to decide."""

@@ -320,3 +320,85 @@ def test_help_explains_the_protocol(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["judge", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "both orders agree" in out and "[[C]]" in out and "--intersection" in out and "--max-cost" in out
+
+
+# ------------------------------------------------------------------------------------ a target's judge metric
+
+
+def _judged_session(tmp_path: Path, fake_executor: Any, fake_clock: Any, values: dict[str, float],
+                    out: list[str]) -> tuple[Any, Path, list[Any]]:
+    """A toy session whose runs write the fixed evaluation's answer files, judged through the real controller."""
+    from toy import make_toy
+
+    from harness import config as config_mod
+    from harness.loop import Controller
+
+    root = make_toy(tmp_path / "ws")
+    envs: list[Any] = []
+
+    def run_writing_answers(call: Any) -> float:
+        envs.append(call.env)
+        ckpt = Path(call.env["AUTORESEARCH_CHECKPOINT"])
+        ckpt.mkdir(parents=True)
+        ps = pairs(4, a_good=int(call.key))  # run k: its answer is the better one for k of the 4 questions
+        write(ckpt / "answers.jsonl", answers(ps, "a"))
+        write(ckpt / "base_answers.jsonl", answers(ps, "b"))
+        return values[call.key]
+
+    cfg = config_mod.with_overrides(config_mod.load(root), judge="answers.jsonl")
+    ctl = Controller(root, cfg, executor=fake_executor(root, run_writing_answers), clock=fake_clock,
+                     printer=out.append, progress=False)
+    return ctl, root, envs
+
+
+class _LR:
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def propose(self, ctx: Any) -> Any:
+        from toy import set_constant
+
+        from harness.agents.base import Proposal
+        self.n += 1
+        set_constant(ctx.root, "LR", f"0.0{self.n + 1}")
+        return Proposal(f"LR 0.0{self.n + 1}", {"hypothesis": "scripted"})
+
+
+def test_a_kept_runs_line_gets_the_judge_metric_from_the_controller(
+        fake: FakeAnthropic, tmp_path: Path, fake_executor: Any, fake_clock: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from toy import lines
+    fake.always(judge_by(prefers_good))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+    monkeypatch.setenv("AUTORESEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    out: list[str] = []
+    ctl, root, envs = _judged_session(tmp_path, fake_executor, fake_clock, {"1": 1.0, "2": 1.2, "3": 0.5}, out)
+    agent = _LR()
+    statuses = [ctl.iterate(agent).decision.status for _ in range(3)]
+    assert statuses == ["keep", "keep", "discard"]
+    by_run = {r["run"]: r for r in lines(root) if r.get("type", "run") == "run" and "run" in r}
+    assert by_run[1]["metrics"]["judge_win_rate"] == 0.25  # run k's answers are the better ones on k of 4
+    assert by_run[2]["metrics"]["judge_win_rate"] == 0.5 and by_run[2]["metrics"]["score"] == 1.2
+    assert by_run[2]["metrics"]["judge_win_rate_se"] > 0 and by_run[2]["judge"]["n"] == 4
+    assert by_run[2]["judge"]["inconsistency_rate"] == 0.0 and by_run[2]["judge"]["model"] == judge.DEFAULT_MODEL
+    assert "judge" not in by_run[3] and "judge_win_rate" not in by_run[3]["metrics"]  # a discard is not judged
+    # two kept runs, 4 pairs each, both orders: 16 judgments, of which run 2 shares 3 pairs with run 1 (the cache)
+    assert len(fake.requests) == 8 + 2
+    assert any("judge: judge_win_rate 0.500" in s for s in out)
+    assert all(not any("ANTHROPIC" in k for k in env) for env in envs)  # the runs never get the key
+
+
+def test_without_a_key_the_judge_metric_is_absent_with_its_reason(
+        fake: FakeAnthropic, tmp_path: Path, fake_executor: Any, fake_clock: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from toy import lines
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.setenv("AUTORESEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    ctl, root, _ = _judged_session(tmp_path, fake_executor, fake_clock, {"1": 1.0}, [])
+    assert ctl.iterate(None).decision.status == "keep"  # the run itself is unaffected
+    line = lines(root)[-1]
+    assert "judge_win_rate" not in line["metrics"] and "ANTHROPIC_API_KEY is not set" in line["judge"]["error"]
+    assert fake.requests == []
