@@ -343,8 +343,8 @@ COMMANDS: dict[str, Command] = {
     "judge": Command(
         "compare two models' answers with a position-debiased Claude judge (ANTHROPIC_API_KEY)", _judge,
         "judge:cmd_judge",
-        "Each pair of answers is judged twice at temperature 0, once in each order, under MT-Bench's pairwise "
-        "prompt with a correctness/helpfulness/clarity rubric, and a win counts only when both orders agree "
+        "Each pair of answers is judged twice, once in each order, under MT-Bench's pairwise prompt with a "
+        "correctness/helpfulness/clarity rubric, and a win counts only when both orders agree "
         "(otherwise a tie; identical answers tie without a call; a judgment without one final [[A]], [[B]] or "
         "[[C]] is an error, excluded from n). Prints n, win/tie/loss rates, the adjusted win rate (win + tie/2)/n "
         "with its standard error, the inconsistency, first-position and error rates, and the cost; judgments "
