@@ -126,6 +126,26 @@ def run_sample(seed: int, res: RunResult, out: RunResult, m: RunMetrics, failure
                   eval_s=eval_s, tampered=tampered)
 
 
+ANSWERS_MAX_BYTES = 64 << 20  # what one evaluation's answers may hold: a few thousand answers are a few MB
+
+
+def answers_dir(state_dir: Path, key: str) -> Path:
+    """Where the controller keeps the answers the evaluation `key` wrote (`<run>.eval`, `<run>.heldout`)."""
+    return state_dir / "answers" / key
+
+
+def _keep_answers(written: Path, dest: Path) -> None:
+    """Copy the evaluation's answer files (plain *.jsonl files, nothing else) out of its private directory
+    before that is removed. The destination is cleared first, so answers of an earlier attempt never stand."""
+    shutil.rmtree(dest, ignore_errors=True)
+    files = sorted(p for p in written.glob("*.jsonl") if p.is_file() and not p.is_symlink()) if written.is_dir() else []
+    if not files or sum(p.stat().st_size for p in files) > ANSWERS_MAX_BYTES:
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in files:
+        shutil.copyfile(p, dest / p.name)
+
+
 def _checkpoint(env: Mapping[str, str]) -> Path | None:
     """The run's checkpoint directory (a host path under the workspace's .autoresearch/), created."""
     if not env.get(CHECKPOINT_ENV):
@@ -180,7 +200,9 @@ class LocalExecutor:
             m = RunMetrics({k: v for k, v in res.metrics.items() if k != cfg.metric.name}, None, {})
             if failure is None:
                 ev_file = self._result_file(f"{key}.eval")
-                ev = self.runner(cfg.evaluate, self.ws.root, env={**run_env, integrity.RESULT_ENV: str(ev_file)},
+                answers = self._answers(f"{key}.eval")
+                ev = self.runner(cfg.evaluate, self.ws.root, env={**run_env, integrity.RESULT_ENV: str(ev_file),
+                                                                  integrity.ANSWERS_ENV: str(answers)},
                                  timeout_s=timeout, log_path=self.state_dir / "runs" / f"{key}.eval.log",
                                  progress=self.progress, cancel=self.cancel, label=f"{label} evaluation")
                 _append_tail(self.ws.root / "run.log", "evaluation", ev.tail)
@@ -197,7 +219,9 @@ class LocalExecutor:
         metrics come from the result channel, and also from printed METRIC lines unless the target
         takes metrics from the channel only."""
         result_file = self._result_file(key)
-        res = self.command(command, {**env, integrity.RESULT_ENV: str(result_file)}, log=f"runs/{key}.log",
+        answers = self._answers(key)
+        res = self.command(command, {**env, integrity.RESULT_ENV: str(result_file), integrity.ANSWERS_ENV: str(answers)},
+                           log=f"runs/{key}.log",
                            timeout_s=self.cfg.effective_timeout_s, label=label)
         reported, _ = integrity.read_results(result_file)
         printed = {} if self.cfg.metric_source == "result_file" else res.metrics
@@ -223,6 +247,13 @@ class LocalExecutor:
         path = self.state_dir / "results" / f"{key}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
+        return path
+
+    def _answers(self, key: str) -> Path:
+        """Without a sandbox the evaluation writes its answers where the controller keeps them (emptied)."""
+        path = answers_dir(self.state_dir, key)
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
         return path
 
 
@@ -434,9 +465,13 @@ class SandboxExecutor:
             src = self._fresh(commit, ed)
             result_file = ed / "results" / "result.jsonl"
             result_file.parent.mkdir()
-            ev_env = {**env, "AUTORESEARCH_SEED": str(seed), integrity.RESULT_ENV: str(result_file)}
+            written = ed / "results" / "answers"
+            written.mkdir()
+            ev_env = {**env, "AUTORESEARCH_SEED": str(seed), integrity.RESULT_ENV: str(result_file),
+                      integrity.ANSWERS_ENV: str(written)}
             res = self._exec(command, src, ed, ev_env, ro=[_checkpoint(env)], log=self.state_dir / "runs" / f"{key}.log",
                              timeout_s=self.cfg.effective_timeout_s, label=f"{label} evaluation", network=False)
+            _keep_answers(written, answers_dir(self.state_dir, key))
             return res, integrity.read_results(result_file)
         finally:
             shutil.rmtree(ed, ignore_errors=True)

@@ -19,11 +19,14 @@ from harness.audit import RULES, Finding, Rule, added_lines, audit_patch, audit_
 from harness.metrics import parse_number
 
 __all__ = [
-    "RESULT_ENV", "RULES", "ChannelVerdict", "Finding", "Rule", "added_lines", "allowance_s", "apply_channel",
+    "ANSWERS_ENV", "RESULT_ENV", "RULES", "ChannelVerdict", "Finding", "Rule", "added_lines", "allowance_s", "apply_channel",
     "audit_patch", "audit_workspace", "fixed_names", "over_budget", "read_results",
 ]
 
 RESULT_ENV = "AUTORESEARCH_RESULT_FILE"  # the harness-controlled channel; the fixed evaluation writes it
+# Where the fixed evaluation may leave its answers (answers.jsonl, base_answers.jsonl) for the controller's judge:
+# a directory only the evaluation is given; the controller keeps its files in .autoresearch/answers/<key>/.
+ANSWERS_ENV = "AUTORESEARCH_ANSWERS_DIR"
 
 
 def allowance_s(budget_s: float, startup_s: float, frac: float, eval_s: float | None = None) -> float:

@@ -515,8 +515,9 @@ class RunJudging:
 def run_metric(checkpoint: Path, answers: str, *, baseline: str | None = None, metric: str | None = None,
                model: str | None = None, max_cost_usd: float | None = None, cache_dir: Path | None = None,
                client: Any = None) -> RunJudging:
-    """Judge a run's answers (`checkpoint/answers`, written by the fixed evaluation) against
-    `checkpoint/baseline` (the base's, which it writes beside them). Never raises for a missing key, an
+    """Judge a run's answers (`checkpoint/answers`: the directory the controller kept of what the fixed
+    evaluation wrote in $AUTORESEARCH_ANSWERS_DIR, harness.executor.answers_dir) against `checkpoint/baseline`
+    (the base's, which it writes beside them). Never raises for a missing key, an
     unreachable API or a bad file: the metric is then absent and `field["error"]` says why; the run itself
     is not affected."""
     name = metric or DEFAULT_METRIC

@@ -41,7 +41,7 @@ from harness.checks import normalized_diff_hash
 from harness.config import Config
 from harness.context import proposal_context
 from harness.decision import Decision, decide
-from harness.executor import Executor, Runner, make_executor
+from harness.executor import Executor, Runner, answers_dir, make_executor
 from harness.gate import Sample
 from harness.journal import ControllerError, Journal, LockedError, WorkspaceLock, atomic_write
 from harness.runner import RunnerError, run_command
@@ -498,15 +498,16 @@ class Controller:
 
     def _after_keep(self, run: int, commit: str, rec: dict[str, Any]) -> dict[str, Any]:
         """A kept run's line with what is measured after the keep and never decides: the held-out metric, and
-        the judge metric (harness.judge: judged here, with the controller's key, from the answers the fixed
-        evaluation wrote in the run's checkpoint; absent with its reason when it cannot be had)."""
+        the judge metric (harness.judge: judged here, with the controller's key, from the answers the run's fixed
+        evaluation left in $AUTORESEARCH_ANSWERS_DIR, which the executor kept in .autoresearch/answers/<run>.eval/;
+        absent with its reason when it cannot be had)."""
         if self.cfg.heldout_command:
             rec = {**rec, "heldout": self._heldout(run, commit)}
         if answers := self.cfg.judge:
             from harness import judge  # here: sessions without a judge never import the API client
 
             cfg = self.cfg
-            got = judge.run_metric(self.state_dir / "checkpoints" / f"run-{run}", answers,
+            got = judge.run_metric(answers_dir(self.state_dir, f"{run}.eval"), answers,
                                    baseline=cfg.judge_baseline, metric=cfg.judge_metric, model=cfg.judge_model,
                                    max_cost_usd=cfg.judge_max_cost)
             self.say(f"       {got.summary}")

@@ -388,6 +388,46 @@ def test_metric_comes_from_the_separate_evaluation(base: Path, mode: str):
     assert held.failure is None and held.metrics["score"] == 0.75 and held.eval_s is not None
 
 
+ANSWERING = """
+import os
+d = os.environ.get("AUTORESEARCH_ANSWERS_DIR")
+print("answers dir in the run:", d)
+ck = os.environ["AUTORESEARCH_CHECKPOINT"]
+os.makedirs(ck, exist_ok=True)
+open(os.path.join(ck, "model.txt"), "w").write("0.75")
+if d:  # a run that found the directory would plant answers there
+    open(os.path.join(d, "answers.jsonl"), "w").write('{"id": "planted"}\\n')
+"""
+EVALUATE_ANSWERS = EVALUATE + """
+d = os.environ["AUTORESEARCH_ANSWERS_DIR"]
+with open(os.path.join(d, "answers.jsonl"), "w") as f:
+    f.write('{"id": "q1", "prompt": "1+1", "answer": "2"}\\n')
+open(os.path.join(d, "base_answers.jsonl"), "w").write('{"id": "q1", "prompt": "1+1", "answer": "3"}\\n')
+open(os.path.join(d, "notes.txt"), "w").write("not an answers file")
+"""
+
+
+def test_the_evaluations_answers_are_kept_for_the_judge_and_the_run_has_no_way_in(base: Path, mode: str):
+    from harness.executor import answers_dir
+
+    files = {"train.py": ANSWERING, "evaluate.py": EVALUATE_ANSWERS,
+             "arkit.py": (REPO / "assets" / "arkit.py").read_text()}
+    ws, cfg = workspace(base, files, evaluate="python evaluate.py")
+    cfg = dataclasses.replace(cfg, fixed=(*cfg.fixed, "evaluate.py", "arkit.py"))
+    ex = executor(ws, cfg, mode)
+    stale = answers_dir(ws.state_dir, "1.eval")
+    stale.mkdir(parents=True)
+    (stale / "answers.jsonl").write_text('{"id": "from an earlier attempt"}\n')
+    x = run(ex, ws, "python train.py")
+    assert x.failure is None, x.res.tail
+    assert "answers dir in the run: None" in log_of(ws)
+    kept = answers_dir(ws.state_dir, "1.eval")
+    assert sorted(p.name for p in kept.iterdir()) == ["answers.jsonl", "base_answers.jsonl"]
+    assert '"q1"' in (kept / "answers.jsonl").read_text() and '"3"' in (kept / "base_answers.jsonl").read_text()
+    held = ex.evaluate("python evaluate.py", env_of(ws), key="1.heldout", label="held-out", commit=ws.head())
+    assert held.failure is None and (answers_dir(ws.state_dir, "1.heldout") / "answers.jsonl").is_file()
+
+
 REPLACE = """
 import os, shutil
 ck = os.environ["AUTORESEARCH_CHECKPOINT"]

@@ -331,6 +331,7 @@ def _judged_session(tmp_path: Path, fake_executor: Any, fake_clock: Any, values:
     from toy import make_toy
 
     from harness import config as config_mod
+    from harness.executor import answers_dir
     from harness.loop import Controller
 
     root = make_toy(tmp_path / "ws")
@@ -338,11 +339,12 @@ def _judged_session(tmp_path: Path, fake_executor: Any, fake_clock: Any, values:
 
     def run_writing_answers(call: Any) -> float:
         envs.append(call.env)
-        ckpt = Path(call.env["AUTORESEARCH_CHECKPOINT"])
-        ckpt.mkdir(parents=True)
+        # what the real executor keeps of the fixed evaluation's $AUTORESEARCH_ANSWERS_DIR (tests/test_executor.py)
+        kept = answers_dir(root / ".autoresearch", f"{call.key}.eval")
+        kept.mkdir(parents=True)
         ps = pairs(4, a_good=int(call.key))  # run k: its answer is the better one for k of the 4 questions
-        write(ckpt / "answers.jsonl", answers(ps, "a"))
-        write(ckpt / "base_answers.jsonl", answers(ps, "b"))
+        write(kept / "answers.jsonl", answers(ps, "a"))
+        write(kept / "base_answers.jsonl", answers(ps, "b"))
         return values[call.key]
 
     cfg = config_mod.with_overrides(config_mod.load(root), judge="answers.jsonl")
