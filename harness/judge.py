@@ -360,9 +360,8 @@ def _one_call(client: Any, c: Call, cache: VerdictCache, model: str) -> tuple[st
     """Make one judgment and cache its text. Raises the client's errors (ProposalFailed, APIUnreachable)."""
     from harness.agents.usage import Usage
     usage = Usage(model=model)
-    # MessagesClient.create takes the agent's request (tools, its max_tokens, no temperature); the judge's
-    # own request goes through the same retry loop. TODO(lead): a public MessagesClient.send(request, usage).
-    resp = client._create(request_body(model, c.question, c.first, c.second), usage)
+    # The agent's client and retry policy with the judge's own request (no tools, its own max_tokens).
+    resp = client.send(request_body(model, c.question, c.first, c.second), usage)
     usage.add_response(getattr(resp, "usage", None))
     text = _response_text(resp)
     cache.put(c.key, {"text": scrub(text), "model": getattr(resp, "model", model), "prompt_version": PROMPT_VERSION,

@@ -148,6 +148,11 @@ class MessagesClient:
         # Plain JSON-shaped dicts, not the SDK's TypedDicts: the request is what context.py builds.
         request: dict[str, Any] = {"model": self.model, "max_tokens": MAX_TOKENS, "system": system,
                                    "messages": messages, "tools": tools}
+        return self.send(request, usage)
+
+    def send(self, request: dict[str, Any], usage: Usage) -> Any:
+        """Any Messages API request (the judge's: its own max_tokens, no tools), under the same retry policy,
+        usage accounting, scrubbing and signal handling as the agent's `create`."""
         try:
             return self._create(request, usage)
         except Interrupted as exc:
