@@ -136,6 +136,10 @@ def test_prepare_samples_pairs_once_and_writes_status(policy, prepared):
     assert again.returncode == 0 and "already sampled" in again.stdout
 
 
+def test_pair_cache_key_names_the_base_data_and_settings(checks):
+    assert checks["keys"] == 5 and checks["key_again"]
+
+
 def test_no_pairs_is_one_line_saying_why(policy, tmp_path):
     """The 2 s pretrain base answers nothing right: prepare fails with one line and a way out."""
     env, cache, base_dir, _, data = policy
@@ -194,6 +198,16 @@ fresh = arbase.load_base(".").model
 xb, yb, wb = pairs.batch(idx, "cpu")
 by_kit = arsample.sequence_logprobs(fresh, xb, yb, wb)
 ref0 = torch.cat([reference.cache[i] for i in idx])
+# sums, not means: row 0 (pair 0's chosen completion) by a loop over its completion tokens
+logp = torch.log_softmax(arbase.logits_of(fresh, xb[:1]).float(), -1)[0]
+loop = sum(float(logp[t, yb[0, t]]) for t in range(xb.size(1)) if wb[0, t] > 0)
+with train.adapters_off(adapters):
+    ours = float(train.sequence_logprobs(model, xb[:1], yb[:1], wb[:1])[0])
+# the pair cache's key: another base, another setting, other data -> another pair set
+s0 = prepare.RolloutSettings()
+keys = {prepare.pairs_key("a" * 64, "d", s0), prepare.pairs_key("b" * 64, "d", s0),
+        prepare.pairs_key("a" * 64, "e", s0), prepare.pairs_key("a" * 64, "d", prepare.RolloutSettings(k=4)),
+        prepare.pairs_key("a" * 64, "d", prepare.RolloutSettings(temperature=0.7))}
 for _ in range(3):
     loss, stats, _, _ = train.dpo_step_loss(model, reference, pairs, idx, "cpu")
     opt.zero_grad(); loss.backward(); opt.step()
@@ -203,7 +217,8 @@ ref1 = torch.cat([reference.cache[i] for i in idx])
 print(json.dumps({"first": first.item(), "margin0": stats0["margin"], "acc0": stats0["accuracy"],
                   "after": after.item(), "margin1": stats1["margin"],
                   "ref_vs_kit": float((ref0 - by_kit).abs().max()), "ref_drift": float((ref1 - ref0).abs().max()),
-                  "completion_tokens": float(wb.sum()), "by_hand": by_hand}))
+                  "completion_tokens": float(wb.sum()), "by_hand": by_hand, "loop": loop, "ours": ours,
+                  "keys": len(keys), "key_again": prepare.pairs_key("a" * 64, "d", s0) in keys}))
 """
 
 
@@ -216,6 +231,7 @@ def test_first_step_is_ln2_and_the_reference_stays_the_base(checks):
     assert r["margin0"] == pytest.approx(0.0, abs=1e-7) and r["acc0"] == 0.0
     assert r["ref_vs_kit"] <= 1e-4 and r["completion_tokens"] > 0  # the reference is the base, summed
     assert r["ref_drift"] <= 1e-5, r
+    assert r["ours"] == pytest.approx(r["loop"], abs=1e-4) and r["loop"] < 0
     assert abs(r["after"] - math.log(2)) > 1e-3 and abs(r["margin1"]) > 1e-4, r
 
 
