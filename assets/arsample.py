@@ -341,8 +341,9 @@ def _attentions_of(model: nn.Module) -> list[nn.Module]:
 class OursDecoder:
     """Our GPT with the cache installed (see the module docstring). Use inside `installed()`."""
 
-    def __init__(self, model: nn.Module, base: arbase.Base, length: int):
+    def __init__(self, model: nn.Module, base: arbase.Base, length: int, *, autocast: bool = True):
         self.model, self.pad, self.device = model, base.tok.pad_id, _device(model)
+        self.autocast = autocast  # bf16 on CUDA while sampling; the check compares fp32 with fp32
         self.attns = _attentions_of(model)
         self.kv = _KV(length)
         self.cos, self.sin = _rotary_extended(model._buffers["cos"], model._buffers["sin"], length)  # type: ignore[arg-type]
@@ -369,7 +370,7 @@ class OursDecoder:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         p, T = self.kv.pos, x.size(1)
         self.model._buffers["cos"], self.model._buffers["sin"] = self.cos[p:p + T], self.sin[p:p + T]
-        with _autocast(self.device):
+        with _autocast(self.device) if self.autocast else contextlib.nullcontext():
             logits = arbase.logits_of(self.model, x)
         self.kv.advance(T)
         return logits[:, -1].float()
@@ -402,7 +403,7 @@ def probe_ours(model: nn.Module, base: arbase.Base, tokens: list[int]) -> None:
     rows = [seq, seq[1:n - 1]]  # lengths n and n - 2: the second is left-padded by 2
     device = _device(model)
     full = [arbase.logits_of(model, torch.tensor([r], device=device))[0].float() for r in rows]
-    decoder = OursDecoder(model, base, n)
+    decoder = OursDecoder(model, base, n, autocast=False)
     steps = 4
     with decoder.installed():
         got = [decoder.start([r[:len(r) - steps] for r in rows], [0, 1])]

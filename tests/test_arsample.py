@@ -52,17 +52,17 @@ def arsample():
     return _modules()["arsample"]
 
 
-def make_tiny_our_base(directory: Path, seed: int = 0) -> Path:
+def make_tiny_our_base(directory: Path, seed: int = 0, model_config: dict | None = None) -> Path:
     """A base of kind "ours" laid out as harness/bases.py does, without a pretrain run: the pretrain target's
     train.py as base_model.py, a GPT of OUR_MODEL with random weights (every projection nonzero, so attention
     matters; the unembedding scaled up, so the next-token distributions are peaked), a byte-level tokenizer."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "base_model.py").write_bytes((ASSETS / "pretrain" / "train.py").read_bytes())
-    cfg = {"model": OUR_MODEL}
+    cfg = {"model": model_config or OUR_MODEL}
     (directory / "config.json").write_text(json.dumps(cfg))
     code = arbase().import_model_code(str(directory / "base_model.py"), cfg, str(directory))
     torch.manual_seed(seed)
-    model = code.GPT(code.GPTConfig(**OUR_MODEL), code.SDPAAttention())
+    model = code.GPT(code.GPTConfig(**cfg["model"]), code.SDPAAttention())
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 2:
@@ -136,10 +136,13 @@ def test_greedy_is_arbase_generate_batched_and_single(base):
 
 def test_cached_draws_the_tokens_the_full_recompute_draws(base, capsys):
     prompts = prompts_of(base)
-    kw = dict(n=3, temperature=1.0, max_new_tokens=40, seed=11)
+    kw = dict(n=4, temperature=1.0, max_new_tokens=40, seed=11)
     cached = arsample().sample(base.model, base, prompts, **kw)
     full = arsample().sample(base.model, base, prompts, use_cache=False, **kw)
-    assert cached == full
+    pairs = [(a, b) for ra, rb in zip(cached, full, strict=True) for a, b in zip(ra, rb, strict=True)]
+    # Equal but for a draw whose uniform lands within float rounding (~1e-6) of a CDF boundary: on another
+    # CPU's kernels one such near-tie in these 480 draws is possible, so one sample may part (here none does).
+    assert sum(a == b for a, b in pairs) >= len(pairs) - 1
     assert "arsample:" not in capsys.readouterr().err  # the cached path was used (no fallback note)
     # and the first step's logits are the full forward's
     m = arsample()
