@@ -540,10 +540,40 @@ def sample(model: nn.Module, base: arbase.Base, prompts: list[list[int]], *, n: 
 # ---------------------------------------------------------------------------
 
 
+class _KeptPositions(nn.Module):
+    """Stands in for lm_head in sequence_logprobs: unembeds only the positions that carry weight, as one
+    (1, N, d) row (sft's CompletionHead does the same in training). Prompts are most of a math row, and at a
+    large vocabulary the (B, T, V) logits are most of the memory; what follows lm_head is elementwise."""
+
+    def __init__(self, head: nn.Module, keep: torch.Tensor):
+        super().__init__()
+        self.head, self.keep = head, keep
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(h[self.keep][None])
+
+
+def _token_logprobs(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    return logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
 def sequence_logprobs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """(B,) sum over t of w[b, t] * log softmax(logits[b, t])[y[b, t]], in fp32: x (B, T) the inputs, y (B, T)
     the next tokens, w (B, T) the weights (1 on completion targets, 0 on prompt and padding). Differentiable
-    (call it under no_grad for reference log-probs); rows may be right-padded (attention is causal)."""
-    logits = arbase.logits_of(model, x).float()
-    picked = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return (picked * w.to(picked.dtype)).sum(-1)
+    (call it under no_grad for reference log-probs); rows may be right-padded (attention is causal). Only the
+    weighted positions are unembedded when the model has an lm_head module (else all, then picked)."""
+    keep = w != 0
+    head = getattr(model, "lm_head", None)
+    if isinstance(head, nn.Module) and not isinstance(head, _KeptPositions):
+        model.lm_head = _KeptPositions(head, keep)
+        try:
+            logits = arbase.logits_of(model, x)
+        finally:
+            model.lm_head = head
+        n = int(keep.sum())
+        if logits.dim() == 3 and logits.shape[:2] == (1, n):  # the head saw (B, T, d), as expected
+            per = torch.zeros(w.shape, dtype=torch.float32, device=logits.device)
+            per = per.masked_scatter(keep, _token_logprobs(logits[0], y[keep]) * w[keep].float())
+            return per.sum(-1)
+    return (_token_logprobs(arbase.logits_of(model, x), y) * w.float()).sum(-1)

@@ -400,7 +400,11 @@ def test_sequence_logprobs_is_the_sum_of_the_weighted_token_logprobs(base):
         x[b, :len(r) - 1], y[b, :len(r) - 1] = torch.tensor(r[:-1]), torch.tensor(r[1:])
         w[b, len(prompts[b]) - 1:len(r) - 1] = 1.0  # the three completion targets
     model = lora_wrapped(base.model)
+    seen = []
+    handle = model.lm_head.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[:2])))
     got = arsample().sequence_logprobs(model, x, y, w)
+    handle.remove()
+    assert seen == [(1, 9)]  # only the 3 x 3 weighted positions were unembedded
     with torch.no_grad():
         for b, r in enumerate(rows):  # one row at a time, unpadded, position by position
             want = 0.0
@@ -415,3 +419,12 @@ def test_sequence_logprobs_is_the_sum_of_the_weighted_token_logprobs(base):
     assert any(g.abs().sum() > 0 for g in grads)
     with torch.no_grad():
         assert torch.allclose(arsample().sequence_logprobs(model, x, y, w), got.detach(), atol=1e-5)
+
+
+def test_sequence_logprobs_of_a_model_without_an_lm_head():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 10))
+    x, y = torch.randint(0, 10, (2, 5)), torch.randint(0, 10, (2, 5))
+    w = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 0, 0]], dtype=torch.float32)
+    want = (F.log_softmax(model(x), -1).gather(-1, y[..., None])[..., 0] * w).sum(-1)
+    assert torch.allclose(arsample().sequence_logprobs(model, x, y, w), want, atol=1e-6)
