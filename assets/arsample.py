@@ -519,7 +519,11 @@ def sample(model: nn.Module, base: arbase.Base, prompts: list[list[int]], *, n: 
                 with _head_swapped(model) if base.kind == "ours" else contextlib.nullcontext() as picker:
                     samples = _decode(FullDecoder(model, base, picker), *args)
             elif base.kind == "hf":
-                samples = _decode(HFDecoder(model, base), *args)
+                try:
+                    samples = _decode(HFDecoder(model, base), *args)
+                except Unsupported as e:  # raised before any token is drawn: nothing to undo
+                    _note_once(model, str(e))
+                    samples = _decode(FullDecoder(model, base, None), *args)
             else:
                 try:
                     ours = OursDecoder(model, base, max(len(p) for p in group_prompts) + max(caps))

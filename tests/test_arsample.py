@@ -157,6 +157,19 @@ def test_cached_draws_the_tokens_the_full_recompute_draws(base, capsys):
     assert torch.allclose(first, want, atol=1e-4), float((first - want).abs().max())
 
 
+def test_rows_of_very_different_lengths_reach_past_the_rotary_table(ours):
+    """A long and a short prompt in one batch: left-padded to the long one, the short row's frame positions
+    run past the model's rotary table (max_len) though its own length never does; the table is extended."""
+    long, short = ours.prompt_ids("x " * 50), ours.prompt_ids("How many?")
+    assert len(long) + 60 > ours.model.cos.size(0) > len(long) and len(short) + 60 < ours.max_len
+    kw = dict(n=3, max_new_tokens=60, seed=5)
+    cached = arsample().sample(ours.model, ours, [long, short], **kw)
+    full = arsample().sample(ours.model, ours, [long, short], use_cache=False, **kw)
+    assert [len(s.tokens) for s in cached[1]] == [60] * 3 and all(len(s.tokens) <= ours.max_len - len(long) for s in cached[0])
+    pairs = [(a, b) for ra, rb in zip(cached, full, strict=True) for a, b in zip(ra, rb, strict=True)]
+    assert sum(a == b for a, b in pairs) >= len(pairs) - 1  # one near-tie allowed, as above
+
+
 def test_the_cache_computes_the_prompt_once_then_one_position_per_step(base, monkeypatch):
     m = arsample()
     monkeypatch.setattr(m, "probe_ours", lambda *a: None)  # count the sampling's forwards only
@@ -389,6 +402,9 @@ def test_a_lora_wrapped_model_samples_with_the_cache(base, capsys):
 # ---------------------------------------------------------------------------
 
 
+WEIGHTS = (1.0, 0.5, 2.0)  # not all 1: the weights must multiply the right positions
+
+
 def test_sequence_logprobs_is_the_sum_of_the_weighted_token_logprobs(base):
     prompts = prompts_of(base)
     rows = [p + [5, 6, 7] for p in prompts]
@@ -398,7 +414,7 @@ def test_sequence_logprobs_is_the_sum_of_the_weighted_token_logprobs(base):
     w = torch.zeros((len(rows), T))
     for b, r in enumerate(rows):
         x[b, :len(r) - 1], y[b, :len(r) - 1] = torch.tensor(r[:-1]), torch.tensor(r[1:])
-        w[b, len(prompts[b]) - 1:len(r) - 1] = 1.0  # the three completion targets
+        w[b, len(prompts[b]) - 1:len(r) - 1] = torch.tensor(WEIGHTS)  # the three completion targets
     model = lora_wrapped(base.model)
     seen = []
     handle = model.lm_head.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[:2])))
@@ -408,9 +424,9 @@ def test_sequence_logprobs_is_the_sum_of_the_weighted_token_logprobs(base):
     with torch.no_grad():
         for b, r in enumerate(rows):  # one row at a time, unpadded, position by position
             want = 0.0
-            for t in range(len(prompts[b]) - 1, len(r) - 1):
+            for t, weight in zip(range(len(prompts[b]) - 1, len(r) - 1), WEIGHTS, strict=True):
                 logits = arbase().logits_of(model, torch.tensor([r[:t + 1]]))[0, -1].double()
-                want += float(F.log_softmax(logits, -1)[r[t + 1]])
+                want += weight * float(F.log_softmax(logits, -1)[r[t + 1]])
             assert got[b].item() == pytest.approx(want, abs=1e-4)
     assert got.dtype == torch.float32 and got.shape == (3,)
     got.sum().backward()
