@@ -402,13 +402,14 @@ def probe_ours(model: nn.Module, base: arbase.Base, tokens: list[int]) -> None:
     seq = [tokens[k % len(tokens)] if tokens else k % base.tok.vocab_size for k in range(n)]
     rows = [seq, seq[1:n - 1]]  # lengths n and n - 2: the second is left-padded by 2
     device = _device(model)
-    full = [arbase.logits_of(model, torch.tensor([r], device=device))[0].float() for r in rows]
     decoder = OursDecoder(model, base, n, autocast=False)
     steps = 4
-    with decoder.installed():
-        got = [decoder.start([r[:len(r) - steps] for r in rows], [0, 1])]
-        for s in range(steps):
-            got.append(decoder.step(torch.tensor([r[len(r) - steps + s] for r in rows])))
+    with torch.autocast(device.type, enabled=False):  # fp32 with fp32, even inside the caller's autocast
+        full = [arbase.logits_of(model, torch.tensor([r], device=device))[0].float() for r in rows]
+        with decoder.installed():
+            got = [decoder.start([r[:len(r) - steps] for r in rows], [0, 1])]
+            for s in range(steps):
+                got.append(decoder.step(torch.tensor([r[len(r) - steps + s] for r in rows])))
     want = torch.stack([torch.stack([f[len(r) - steps - 1 + s] for f, r in zip(full, rows, strict=True)])
                         for s in range(steps + 1)])
     have = torch.stack(got)

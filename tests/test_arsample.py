@@ -293,6 +293,14 @@ def _rotary_elsewhere(model):
     return m
 
 
+def test_the_check_is_fp32_inside_a_callers_autocast(ours, capsys):
+    """grpo's train.py samples inside its bf16 autocast: the cache check still compares fp32 with fp32."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = arsample().sample(ours.model, ours, prompts_of(ours), n=2, max_new_tokens=8, seed=0)
+    assert [len(row) for row in out] == [2, 2, 2]
+    assert "arsample:" not in capsys.readouterr().err  # the cache was used
+
+
 def test_a_model_the_cache_does_not_fit_is_sampled_without_it(ours, capsys):
     prompts = prompts_of(ours)
     kw = dict(n=2, max_new_tokens=24, seed=2)
