@@ -123,7 +123,7 @@ def test_prepare_samples_pairs_once_and_writes_status(policy, prepared):
         assert p["chosen"]["finished"] and p["chosen"]["correct"]
         assert p["pair_type"] != "correct_vs_incorrect" or not p["rejected"]["correct"]
     status = json.loads((cache / "posttrain" / info["fingerprint"][:16] / "status-dpo.json").read_text())
-    assert status["lines"][0].startswith("data: ")
+    assert "train rows" in status["lines"][0]  # arpost's data line first
     assert any(line.startswith(f"pairs: {counts['pairs']:,} train (correct_vs_incorrect ") for line in status["lines"])
     # a second prepare finds the pair set (no sampling); another setting samples a new one
     again = run_py(ws, env, "prepare.py", "--data", data, *ROLLOUT)
@@ -192,7 +192,7 @@ params = [p for a in adapters.values() for p in (a.lora_A, a.lora_B)]
 opt = torch.optim.AdamW(params, lr=1e-2)
 reference = train.Reference(model, adapters)
 idx = list(range(min(4, len(pairs))))
-first, stats0, x, w = train.dpo_step_loss(model, reference, pairs, idx, "cpu")
+first, _, stats0, x, w = train.dpo_step_loss(model, reference, pairs, idx, "cpu")
 # the reference (adapters off, completion positions only) equals the kit's plain sum on a fresh base
 fresh = arbase.load_base(".").model
 xb, yb, wb = pairs.batch(idx, "cpu")
@@ -209,10 +209,10 @@ keys = {prepare.pairs_key("a" * 64, "d", s0), prepare.pairs_key("b" * 64, "d", s
         prepare.pairs_key("a" * 64, "e", s0), prepare.pairs_key("a" * 64, "d", prepare.RolloutSettings(k=4)),
         prepare.pairs_key("a" * 64, "d", prepare.RolloutSettings(temperature=0.7))}
 for _ in range(3):
-    loss, stats, _, _ = train.dpo_step_loss(model, reference, pairs, idx, "cpu")
+    loss, _, stats, _, _ = train.dpo_step_loss(model, reference, pairs, idx, "cpu")
     opt.zero_grad(); loss.backward(); opt.step()
 reference.cache.clear()  # computed afresh: it must still be the base
-after, stats1, _, _ = train.dpo_step_loss(model, reference, pairs, idx, "cpu")
+after, _, stats1, _, _ = train.dpo_step_loss(model, reference, pairs, idx, "cpu")
 ref1 = torch.cat([reference.cache[i] for i in idx])
 print(json.dumps({"first": first.item(), "margin0": stats0["margin"], "acc0": stats0["accuracy"],
                   "after": after.item(), "margin1": stats1["margin"],
@@ -246,7 +246,7 @@ def test_prepare_train_evaluate(prepared, tmp_path):
     assert {p.name for p in ckpt.iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
     t = metrics_of(trained.stdout)
     assert set(t) >= {"first_loss", "first_margin", "train_loss", "pref_accuracy", "margin", "chosen_reward",
-                      "rejected_reward", "skipped_steps", "num_steps", "num_pairs"}
+                      "rejected_reward", "skipped_steps", "num_steps", "num_pairs", "train_nll"}
     assert t["first_loss"] == pytest.approx(math.log(2), abs=1e-5) and t["skipped_steps"] == 0
     assert t["num_steps"] >= 2
     channel = tmp_path / "result.jsonl"

@@ -43,6 +43,7 @@ from prepare import CHECKPOINT_DIR, SEED, TIME_BUDGET, load_pairs
 
 # tunable: begin (the offline `mutate` agent proposes changes only to the numbers from here to `tunable: end`)
 BETA = 0.1                 # DPO's beta (tinker-cookbook and TRL default): higher keeps the policy nearer the base
+NLL_WEIGHT = 0.0           # + this times the chosen completions' per-token NLL (Iterative RPO, Pang et al. 2024: 1.0)
 LORA_RANK = 16             # r: adapter rank; with alpha fixed the 1/r scale keeps the best LR roughly rank-free
 LORA_ALPHA = 32            # the scale is LORA_ALPHA / LORA_RANK (LoRA Without Regret keeps alpha at 32)
 LORA_TARGETS = (           # module-name patterns (re.search) of the nn.Linear layers to adapt
@@ -196,12 +197,16 @@ class Reference:
 
 
 def dpo_step_loss(model, reference: Reference, pairs, indices: list[int], device):
-    """The DPO loss of pairs `indices` and its diagnostics."""
+    """The DPO loss of pairs `indices`, the chosen completions' mean per-token NLL, and the diagnostics."""
     x, y, w = pairs.batch(indices, device)
     ref = reference(indices, x, y, w)
     policy = sequence_logprobs(model, x, y, w)
     loss, stats = dpo_loss(policy[0::2], policy[1::2], ref[0::2], ref[1::2], BETA)
-    return loss, stats, x, w
+    # Iterative RPO's NLL term (arXiv 2404.19733): length-normalized, on the winner only; it keeps the chosen
+    # answers likely while DPO pushes the pair apart (DPO alone can lower both, posttrain.md §6 item 4)
+    nll = (-policy[0::2] / w[0::2].sum(-1).clamp_min(1.0)).mean()
+    stats["nll"] = float(nll.detach())
+    return loss, nll, stats, x, w
 
 
 # ---------------------------------------------------------------------------
@@ -245,7 +250,7 @@ def main() -> None:
     say(f"pairs: {len(pairs):,} ({', '.join(f'{k} {v:,}' for k, v in sorted(by_type.items()))})")
     say(f"lora: rank {LORA_RANK}, alpha {LORA_ALPHA}, {len(adapters)} layers, {n_lora:,} params")
     say(f"budget: {TIME_BUDGET:.0f}s of training, batch {BATCH_SIZE} pairs, LR {LR:g} ({SCHEDULE}), beta {BETA:g}, "
-        f"seed {SEED}")
+        f"NLL weight {NLL_WEIGHT:g}, seed {SEED}")
     say(f"startup: {time.time() - t_start:.1f}s")
 
     g = torch.Generator().manual_seed(SEED)
@@ -265,10 +270,11 @@ def main() -> None:
         for group in optimizer.param_groups:
             group["lr"] = LR * lr_multiplier(progress)
         with autocast:
-            loss, stats, x, w = dpo_step_loss(model, reference, pairs, indices, device)
-        loss_f = loss.item()
+            loss, nll, stats, x, w = dpo_step_loss(model, reference, pairs, indices, device)
+            total = loss + NLL_WEIGHT * nll if NLL_WEIGHT else loss
+        loss_f = total.item()
         if math.isfinite(loss_f):
-            loss.backward()
+            total.backward()
             optimizer.step()
         else:  # a non-finite loss skips the step (posttrain.md §6: bad data or an overflow), counted
             skipped += 1
@@ -279,7 +285,7 @@ def main() -> None:
         training_time += dt
         tokens += int(w.sum().item())
         if math.isfinite(loss_f):
-            values = {"loss": loss_f, **stats}
+            values = {"loss": loss.item(), **stats}
             good += 1
             if not first:
                 first = values
@@ -313,7 +319,8 @@ def main() -> None:
         "peak_vram_mb": peak_memory_mb(device),
         "first_loss": first["loss"],  # ln 2 = 0.693147 when the reference is right
         "first_margin": first["margin"],  # 0 when the reference is right
-        "train_loss": ema["loss"] / d,
+        "train_loss": ema["loss"] / d,  # the DPO part (the NLL term is train_nll)
+        "train_nll": ema["nll"] / d,
         "pref_accuracy": ema["accuracy"] / d,
         "margin": ema["margin"] / d,
         "chosen_reward": ema["chosen_reward"] / d,
