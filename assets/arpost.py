@@ -401,12 +401,13 @@ def status_path(base_fingerprint: str, target: str) -> str:
 
 
 def data_status_line(prepared: Prepared) -> str:
-    """"data: offline-math:levels=1, 20,000 train rows, base accuracy 0.000 on 128 val items"."""
+    """"offline-math:levels=1, 20,000 train rows, base accuracy 0.000 on 128 val items" (status prints it
+    after its own "data" label)."""
     m = prepared.manifest
     rows = (m.get("splits") or {}).get("train", {}).get("rows", 0)
     val = (m.get("base_scores") or {}).get("val")
     scored = f", base accuracy {val['accuracy']:.3f} on {val['items']} val items" if val else ""
-    return f"data: {prepared.data}, {rows:,} train rows{scored}"
+    return f"{prepared.data}, {rows:,} train rows{scored}"
 
 
 def write_status(prepared: Prepared, target: str, lines: Sequence[str]) -> str:

@@ -200,17 +200,23 @@ def metrics_of(text: str) -> dict[str, float]:
     return {k: float(v) for k, v in METRIC_LINE.findall(text)}
 
 
-def test_prepare_train_evaluate(pretrained, tmp_path):
+@pytest.fixture(scope="module")
+def prepared_ws(pretrained, tmp_path_factory):
+    """A grpo workspace whose prepare.py has run (once for the module), and that run's output."""
+    ws = grpo_workspace(pretrained, tmp_path_factory.mktemp("grpo-ws") / "ws")
+    prepared = run_py(ws, pretrained.env, "prepare.py", "--data", SMALL_DATA)
+    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+    return ws
+
+
+def test_prepare_train_evaluate(pretrained, prepared_ws, tmp_path):
     """prepare.py (arpost: data, base scores, the status line); train.py samples groups, updates and saves a
     PEFT adapter, its diagnostics in METRIC lines; the evaluation reports val_accuracy through the channel
     only, and needs no train.py."""
-    ws = grpo_workspace(pretrained, tmp_path / "ws")
-    env = pretrained.env
-    prepared = run_py(ws, env, "prepare.py", "--data", SMALL_DATA)
-    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+    ws, env = prepared_ws, pretrained.env
     fp16 = json.loads((ws / "base.json").read_text())["fingerprint"][:16]
     status = json.loads((pretrained.root / "cache" / "posttrain" / fp16 / "status-grpo.json").read_text())
-    assert status["lines"][0].startswith(f"data: {SMALL_DATA}, 200 train rows, base accuracy"), status
+    assert status["lines"][0].startswith(f"{SMALL_DATA}, 200 train rows, base accuracy"), status
     ckpt = tmp_path / "ckpt"
     run_env = {**env, "AUTORESEARCH_TIME_BUDGET": "3", "AUTORESEARCH_CHECKPOINT": str(ckpt)}
     trained = run_py(ws, run_env, "train.py")
@@ -231,19 +237,22 @@ def test_prepare_train_evaluate(pretrained, tmp_path):
     assert set(e) >= {"val_accuracy", "base_accuracy", "val_nll", "format_rate", "mean_completion_len"}
     assert [json.loads(line) for line in channel.read_text().splitlines()] == [
         {"name": "val_accuracy", "value": e["val_accuracy"]}]
-    (ws / "train.py").unlink()  # the evaluation reads the adapter as data, never train.py
-    again = run_py(ws, env, "prepare.py", "--evaluate", str(ckpt))
+    (ws / "train.py").rename(ws / "train.py.away")  # the evaluation reads the adapter as data, never train.py
+    try:
+        again = run_py(ws, env, "prepare.py", "--evaluate", str(ckpt))
+    finally:
+        (ws / "train.py.away").rename(ws / "train.py")
     assert again.returncode == 0 and metrics_of(again.stdout) == e, again.stderr
 
 
-def test_kl_term_on_reports_kl(pretrained, tmp_path):
+def test_kl_term_on_reports_kl(pretrained, prepared_ws, tmp_path):
     """KL_COEF > 0: the k3 KL to the base (adapters off) is in the loss and in the METRIC lines, >= 0."""
-    ws = grpo_workspace(pretrained, tmp_path / "ws")
-    assert run_py(ws, pretrained.env, "prepare.py", "--data", SMALL_DATA).returncode == 0
-    source = (ws / "train.py").read_text()
-    (ws / "train.py").write_text(re.sub(r"^KL_COEF = 0\.0", "KL_COEF = 0.05", source, count=1, flags=re.M))
-    trained = run_py(ws, {**pretrained.env, "AUTORESEARCH_TIME_BUDGET": "2",
-                          "AUTORESEARCH_CHECKPOINT": str(tmp_path / "ckpt")}, "train.py")
+    source = (ASSETS / "grpo" / "train.py").read_text()
+    edited = re.sub(r"^KL_COEF = 0\.0", "KL_COEF = 0.05", source, count=1, flags=re.M)
+    assert edited != source
+    (prepared_ws / "train_kl.py").write_text(edited)
+    trained = run_py(prepared_ws, {**pretrained.env, "AUTORESEARCH_TIME_BUDGET": "1",
+                                   "AUTORESEARCH_CHECKPOINT": str(tmp_path / "ckpt")}, "train_kl.py")
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
     m = metrics_of(trained.stdout)
     assert "kl" in m and m["kl"] >= 0

@@ -63,7 +63,7 @@ def test_prepare_train_evaluate(pretrained, tmp_path):
     # the status line `autoresearch status` prints for a workspace on this base (arpost.write_status)
     fp16 = json.loads((ws / "base.json").read_text())["fingerprint"][:16]
     status = json.loads((pretrained.root / "cache" / "posttrain" / fp16 / "status-sft.json").read_text())
-    assert re.fullmatch(rf"data: {re.escape(SMALL_DATA)}, 400 train rows, base accuracy \d\.\d{{3}} on 16 val items",
+    assert re.fullmatch(rf"{re.escape(SMALL_DATA)}, 400 train rows, base accuracy \d\.\d{{3}} on 16 val items",
                         status["lines"][0]), status
     ckpt = tmp_path / "ckpt"
     trained = run_py(ws, {**env, "AUTORESEARCH_TIME_BUDGET": "3", "AUTORESEARCH_CHECKPOINT": str(ckpt)}, "train.py")
