@@ -8,7 +8,9 @@ never the user's or the system's.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,6 +22,7 @@ _GIT_HOME = Path(tempfile.mkdtemp(prefix="autoresearch-test-git-"))
 )
 os.environ["GIT_CONFIG_GLOBAL"] = str(_GIT_HOME / "gitconfig")
 os.environ["GIT_CONFIG_NOSYSTEM"] = "1"
+atexit.register(shutil.rmtree, _GIT_HOME, True)  # one per test process: they piled up in /tmp
 # One torch thread per process (the runs inherit it: OMP_* passes the sandbox's allowlist). scripts/test.sh
 # runs two pytest workers on CI's 2 cores; with torch's default of a thread per core, two training processes
 # thrash at its barriers (measured on a loaded 2-core machine: a forward pass 1.7 s with 2 threads, 0.15 s
@@ -354,3 +357,66 @@ def trained_pretrain(root: Path, prepare_args: Sequence[str]):
     t = _prepared_namespace(root)
     t.ckpt, t.train_stdout = root / "ckpt", (root / "train.stdout").read_text(encoding="utf-8")
     return t
+
+
+# ---------------------------------------------------------------------------
+# Scheduling across xdist workers: the heaviest modules first
+#
+# scripts/test.sh runs `-n 2 --dist loadfile --no-loadscopereorder`: each module runs whole on one worker
+# (its module-scoped fixtures are made once, not once per worker), and modules are handed out in collection
+# order, which this hook makes heaviest first: longest-processing-time-first scheduling, so the two workers
+# finish within about one light module of each other instead of one finishing a 5-minute module alone.
+# The weights are seconds per module (setup + call + teardown summed): those of the last full run on this
+# machine when pytest's cache has them (recorded below), else MODULE_SECONDS, measured with
+# `pytest -n 2 --durations=0` on a loaded 2-core machine (2026-12-01); a module in neither counts as
+# DEFAULT_MODULE_SECONDS, so a new module starts early rather than last. Within a module the order is kept.
+# ---------------------------------------------------------------------------
+
+MODULE_SECONDS = {
+    "test_pipeline.py": 395, "test_dpo.py": 287, "test_sft.py": 265, "test_pretrain_eval.py": 233,
+    "test_loop.py": 159, "test_grpo.py": 134, "test_audit_corpus.py": 110, "test_adversarial.py": 99,
+    "test_pretrain_heldout.py": 89, "test_api_offline.py": 80, "test_signals.py": 79, "test_mutate.py": 78,
+    "test_pretrain_smoke.py": 77, "test_values.py": 71, "test_bases.py": 66, "test_cli.py": 63,
+    "test_executor.py": 58, "test_finish_cli.py": 51, "test_hardening.py": 50, "test_noise_default.py": 43,
+    "test_wheel.py": 43, "test_config_cmd.py": 30, "test_pi_compat.py": 25, "test_seed_compat.py": 25,
+    "test_karpathy_compat.py": 24, "test_integrity.py": 24, "test_claude.py": 23, "test_report.py": 23,
+    "test_noise.py": 22, "test_contention.py": 21, "test_ledger.py": 21, "test_pretrain_reference.py": 20,
+    "test_chain.py": 20, "test_runner.py": 20, "test_arbase.py": 18, "test_loop_policy.py": 18,
+    "test_arsample.py": 15, "test_judge.py": 15, "test_metrics.py": 13, "test_finalize.py": 13,
+}
+DEFAULT_MODULE_SECONDS = 30.0
+_DURATIONS_KEY = "autoresearch/module_seconds"
+_RUN_SECONDS: dict[str, float] = {}
+
+
+def _module_seconds(config) -> dict[str, float]:
+    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
+    recorded = cache.get(_DURATIONS_KEY, None) if cache is not None else None
+    return {**MODULE_SECONDS, **(recorded if isinstance(recorded, dict) else {})}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    seconds = _module_seconds(config)
+    items.sort(key=lambda item: -float(seconds.get(item.path.name, DEFAULT_MODULE_SECONDS)))  # stable
+
+
+def pytest_runtest_logreport(report) -> None:
+    # under xdist the controller sees every worker's reports; a worker's own sum is never written (below)
+    module = report.nodeid.split("::")[0].rsplit("/", 1)[-1]
+    _RUN_SECONDS[module] = _RUN_SECONDS.get(module, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Record this run's seconds per module for the next run's order, from the controller (or a run without
+    xdist) and only after a run of the whole suite: a `-k` or single-file run would record partial sums."""
+    config = session.config
+    cache = getattr(config, "cache", None)
+    if cache is None or hasattr(config, "workerinput") or not _RUN_SECONDS:
+        return
+    if exitstatus not in (0, 1) or session.shouldstop or session.shouldfail:  # interrupted, or -x stopped it
+        return
+    if config.args and any(Path(a).resolve() != Path(__file__).parent for a in config.args):
+        return  # not the whole tests/ folder (testpaths)
+    if config.getoption("keyword", "") or config.getoption("markexpr", ""):
+        return
+    cache.set(_DURATIONS_KEY, {name: round(s, 1) for name, s in sorted(_RUN_SECONDS.items())})

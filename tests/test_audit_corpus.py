@@ -405,8 +405,8 @@ def test_innocent_bundles_hold_every_case_once_and_each_edit_as_it_is_alone() ->
         together = where(text)
         for c in group:
             alone = where(c.apply())
-            new = [line for line in difflib.ndiff(TRAIN.splitlines(), c.apply().splitlines()) if line.startswith("+ ")]
-            for line in (n[2:] for n in new if n[2:].strip()):
+            diff = difflib.unified_diff(TRAIN.splitlines(), c.apply().splitlines(), n=0, lineterm="")
+            for line in (d[1:] for d in diff if d.startswith("+") and not d.startswith("+++") and d[1:].strip()):
                 if line.strip().startswith("#"):  # a comment: outside every node's lines
                     assert line in text.splitlines(), (c.name, line)
                 else:

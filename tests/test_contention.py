@@ -4,8 +4,9 @@ Real processes: a toy target whose fixed evaluation busy-loops for BUSY_S second
 os.sched_setaffinity) and prints a score from train.py; the runs go through the real runner and sandbox.
 A run with CPU hogs pinned to the same core beside it gets a fraction of the baseline's CPU share and
 is marked `contended`, re-run, and not kept; an idle run is kept. Shares are compared with the harness's
-30% margin only, never against a timing threshold: with four hogs the share falls to about half even at a load
-average of 12 on 2 cores (measured), and to a fifth on an idle one. The throughput check is driven through the real
+30% margin only, never against a timing threshold: with four hogs the share falls to about half at a load
+average of 12 on 2 cores (measured), and to a fifth on an idle one, but at 15 not always by 30% (seen once), so
+the test runs eight (a ninth of the core on an idle machine). The throughput check is driven through the real
 controller with scripted tokens_per_sec.
 
 Run: python -m pytest tests/test_contention.py -q
@@ -47,7 +48,7 @@ pytestmark = pytest.mark.skipif(CORE is None, reason="needs os.sched_setaffinity
 
 
 @contextmanager
-def hogs(n: int = 4) -> Iterator[None]:
+def hogs(n: int = 8) -> Iterator[None]:
     """`n` busy loops pinned to CORE, each in its own session: other users' jobs on the machine (with the
     kernel's autogroup scheduling, processes of one session share one group's CPU, as the run's do)."""
     code = f"import os\nos.sched_setaffinity(0, {{{CORE}}})\nwhile True:\n    pass\n"
