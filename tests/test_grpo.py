@@ -107,6 +107,22 @@ def test_rollout_batch_masks_exactly_the_completion_tokens(train):
         assert y[b][mask[b] > 0].tolist() == c
 
 
+def test_completion_head_gives_the_full_forwards_logprobs(train):
+    """token_logprobs through CompletionHead (only the completion positions unembedded) equals the full
+    forward's at those positions, gradients included."""
+    model, adapters = _adapted(train)
+    params = [p for a in adapters.values() for p in (a.lora_A, a.lora_B)]
+    (x, y, mask), _ = _rollouts(train)
+    full = train.token_logprobs(model, x, y) * mask
+    g_full = torch.autograd.grad(full.sum(), params)
+    model.lm_head = train.CompletionHead(model.lm_head)
+    picked = train.token_logprobs(model, x, y, mask)
+    g_picked = torch.autograd.grad(picked.sum(), params)
+    assert torch.allclose(picked, full, atol=1e-6) and picked[mask == 0].abs().max() == 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_full, g_picked, strict=True))
+    assert model.lm_head.keep is None  # reset: sampling sees the whole head
+
+
 def test_zero_variance_groups_give_zero_gradient(train):
     """Through the real model and loss: the rows of a group whose rewards are all equal move no parameter;
     a mixed group's rows do."""

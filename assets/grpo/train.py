@@ -175,8 +175,34 @@ def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, m
     return (per_token * mask).sum() / max(denom, 1.0)
 
 
-def token_logprobs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(B, T) log softmax(logits)[y] in fp32 (a low-precision log-softmax gives wrong ratios and KL)."""
+class CompletionHead(nn.Module):
+    """Stands in for the model's lm_head while training (as in the sft target): unembeds only the positions
+    whose target is a completion token, as one (1, N, d) row. The vocabulary's unembedding is most of a small
+    base's cost and half a row is prompt; what follows lm_head in the model is elementwise, so those logits
+    equal the full forward's there."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+        self.keep: torch.Tensor | None = None  # bool (B, T): the positions to unembed
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(h if self.keep is None else h[self.keep][None])
+
+
+def token_logprobs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None):
+    """(B, T) log softmax(logits)[y] in fp32 (a low-precision log-softmax gives wrong ratios and KL). With a
+    CompletionHead and a mask, only the mask's positions are computed (0 elsewhere)."""
+    head = getattr(model, "lm_head", None)
+    if isinstance(head, CompletionHead) and mask is not None:
+        keep = mask > 0
+        head.keep = keep
+        try:
+            logits = arbase.logits_of(model, x).float()[0]  # (N, vocab): the kept positions only
+        finally:
+            head.keep = None
+        picked = logits.gather(-1, y[keep].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        return torch.zeros(y.shape, dtype=picked.dtype, device=y.device).masked_scatter(keep, picked)
     logits = arbase.logits_of(model, x).float()
     return logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
@@ -220,6 +246,8 @@ def main() -> None:
     base = arbase.load_base(os.path.dirname(os.path.abspath(__file__)), device=device)
     model = base.model
     adapters = inject_lora(model, LORA_TARGETS, LORA_RANK, LORA_ALPHA)
+    if isinstance(getattr(model, "lm_head", None), nn.Module):  # after inject_lora: it may wrap lm_head
+        model.lm_head = CompletionHead(model.lm_head)  # sampling calls it with keep None: the whole head
     params = [p for a in adapters.values() for p in (a.lora_A, a.lora_B)]
     optimizer = torch.optim.AdamW(params, lr=LR, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=WEIGHT_DECAY)
     train = prepared.rows("train")  # prompts and golds of the train split; the completions are the policy's
@@ -274,17 +302,21 @@ def main() -> None:
             x, y, mask = rollout_batch([rows_p[k] for k in live], [rows_c[k] for k in live], device)
             a = torch.tensor([rows_a[k] for k in live], device=device)
             with torch.no_grad(), autocast:
-                logp_old = token_logprobs(model, x, y)
+                # the sampling policy's log-probs: a forward of their own only when there are several updates
+                # (with one, they are the update's own, detached: ratio 1)
+                logp_old = token_logprobs(model, x, y, mask) if INNER_STEPS > 1 else None
                 ref = None
                 if KL_COEF:
                     with adapters_off(adapters):
-                        ref = token_logprobs(model, x, y)
-            ent = float(-(logp_old * mask).sum() / mask.sum().clamp_min(1.0))
-            for _ in range(INNER_STEPS):
+                        ref = token_logprobs(model, x, y, mask)
+            for inner in range(INNER_STEPS):
                 with autocast:
-                    logp = token_logprobs(model, x, y)
+                    logp = token_logprobs(model, x, y, mask)
+                    old = logp.detach() if logp_old is None else logp_old
+                    if inner == 0:
+                        ent = float(-(old * mask).sum() / mask.sum().clamp_min(1.0))
                     kl = k3_kl(logp, ref) if ref is not None else None
-                    loss = policy_loss(logp, logp_old, a, mask, CLIP_EPS, kl, KL_COEF, float(n_tok))
+                    loss = policy_loss(logp, old, a, mask, CLIP_EPS, kl, KL_COEF, float(n_tok))
                 if not torch.isfinite(loss):  # a non-finite loss skips the step (posttrain.md §6.1)
                     skipped += 1
                     optimizer.zero_grad(set_to_none=True)
