@@ -263,3 +263,26 @@ def test_prepare_train_evaluate(prepared, tmp_path):
     reports = [json.loads(line) for line in channel.read_text().splitlines()]
     assert [r["name"] for r in reports] == ["val_accuracy"]
     assert reports[0]["value"] == pytest.approx(m["val_accuracy"], abs=1e-9)
+
+
+SKIP_NAN = """
+import sys, torch, train
+real = train.dpo_step_loss
+calls = []
+def every_other_nan(*args):
+    loss, nll, stats, x, w = real(*args)
+    calls.append(1)
+    return (loss * float("nan") if len(calls) % 2 == 0 else loss), nll, stats, x, w
+train.dpo_step_loss = every_other_nan
+train.main()
+"""
+
+
+def test_a_non_finite_loss_skips_the_step_and_is_counted(prepared, tmp_path):
+    ws, env, _, _ = prepared
+    ckpt = tmp_path / "ckpt"
+    done = run_py(ws, {**env, "AUTORESEARCH_TIME_BUDGET": "2", "AUTORESEARCH_CHECKPOINT": str(ckpt)}, "-c", SKIP_NAN)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    m = metrics_of(done.stdout)
+    assert m["skipped_steps"] == m["num_steps"] // 2 and m["skipped_steps"] >= 1, m
+    assert math.isfinite(m["train_loss"]) and (ckpt / "adapter_model.safetensors").exists()
