@@ -65,17 +65,18 @@ def test_the_train_split_and_own_dicts_pass(tmp_path: Path, name: str) -> None:
     assert _audit(tmp_path, code) == [], name
 
 
-def test_the_shipped_sft_train_py_passes_as_a_whole(tmp_path: Path) -> None:
-    """Every line of the sft train.py as shipped, audited as added: an edit anywhere is not flagged for code it
-    merely inherited."""
+@pytest.mark.parametrize("target", ["sft", "grpo"])
+def test_the_shipped_train_py_passes_as_a_whole(tmp_path: Path, target: str) -> None:
+    """Every line of the target's train.py as shipped, audited as added: an edit anywhere is not flagged for
+    code it merely inherited."""
     root = tmp_path / "ws"
     root.mkdir()
-    for rel in ("prepare.py",):
-        shutil.copyfile(ASSETS / "sft" / rel, root / rel)
-    for rel in ("armath.py", "arbase.py", "arpost.py", "arkit.py"):
+    shutil.copyfile(ASSETS / target / "prepare.py", root / "prepare.py")
+    kit = (*FIXED[1:], "arsample.py") if target == "grpo" else FIXED[1:]
+    for rel in kit:
         shutil.copyfile(ASSETS / rel, root / rel)
-    train = (ASSETS / "sft" / "train.py").read_text(encoding="utf-8")
+    train = (ASSETS / target / "train.py").read_text(encoding="utf-8")
     (root / "train.py").write_text(train, encoding="utf-8")
     patch = "--- /dev/null\n+++ b/train.py\n" + f"@@ -0,0 +1,{len(train.splitlines())} @@\n" + "".join(
         f"+{line}\n" for line in train.splitlines())
-    assert audit_workspace(patch, root, FIXED, import_time=True) == []
+    assert audit_workspace(patch, root, ("prepare.py", *kit), import_time=True) == []

@@ -34,7 +34,6 @@ from arpost import (  # noqa: F401  (what train.py and the tests import from her
     CHECKPOINT_DIR,
     EVAL_ITEMS,
     MAX_LEN,
-    MAX_NEW_TOKENS,
     SEED,
     TIME_BUDGET,
     Prepared,

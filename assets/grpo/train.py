@@ -59,7 +59,7 @@ GROUP_SIZE = 8             # G completions per prompt (TRL's num_generations def
 PROMPTS_PER_STEP = 8       # groups per update
 TEMPERATURE = 1.0          # sampling temperature (TC and TRL: 1.0; the KL estimate assumes it)
 TOP_P = 1.0                # nucleus sampling (1.0: off)
-MAX_NEW_TOKENS = 48        # per completion; longer ones are cut and count in clipped_ratio
+MAX_COMPLETION_TOKENS = 48 # per completion (TRL: max_completion_length); longer ones are cut: clipped_ratio
 FORMAT_COEF = 0.1          # TC's format term: a completion without an extractable answer or stop loses this
 SCALE_BY_STD = 0           # 1: divide advantages by the group's std (DeepSeekMath, TRL); 0: mean-centering only
 KL_COEF = 0.0              # weight of the k3 KL to the base (adapters off) in the loss (TRL's beta: 0.0 since v0.19)
@@ -276,7 +276,7 @@ def main() -> None:
         model.eval()
         with torch.no_grad(), autocast:
             groups = arsample.sample(model, base, prompts, n=GROUP_SIZE, temperature=TEMPERATURE, top_p=TOP_P,
-                                     max_new_tokens=MAX_NEW_TOKENS, seed=SEED * 1_000_003 + step,
+                                     max_new_tokens=MAX_COMPLETION_TOKENS, seed=SEED * 1_000_003 + step,
                                      batch_size=SAMPLE_BATCH)
         # 2. Grade them; advantages relative to the group.
         graded = [[reward(base.tok.decode(list(s.tokens)), s.finished, train.golds[i]) for s in group]
