@@ -18,9 +18,9 @@ status=0
 # of wall time for 12 min of CPU on 2 cores; with two workers 16 min for 11 min of CPU), and each test process
 # uses one torch thread (tests/conftest.py). Four workers loaded the 2 cores enough to break timing bounds,
 # and three were no faster than two. Whole modules to a worker (--dist loadfile: module fixtures made once),
-# handed out heaviest first in the order tests/conftest.py gives them (--no-loadscopereorder keeps it), so
+# handed out heaviest first in the order tests/conftest.py gives them (--no-loadscope-reorder keeps it), so
 # both workers finish together; the pretrain data and checkpoint are made once for both (conftest.py).
-.venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscopereorder "$@" || status=$?
+.venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder "$@" || status=$?
 if [[ $status -eq 5 ]]; then
   echo "test: pytest collected no tests; that is a failure here" >&2
   exit 1

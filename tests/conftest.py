@@ -362,7 +362,7 @@ def trained_pretrain(root: Path, prepare_args: Sequence[str]):
 # ---------------------------------------------------------------------------
 # Scheduling across xdist workers: the heaviest modules first
 #
-# scripts/test.sh runs `-n 2 --dist loadfile --no-loadscopereorder`: each module runs whole on one worker
+# scripts/test.sh runs `-n 2 --dist loadfile --no-loadscope-reorder`: each module runs whole on one worker
 # (its module-scoped fixtures are made once, not once per worker), and modules are handed out in collection
 # order, which this hook makes heaviest first: longest-processing-time-first scheduling, so the two workers
 # finish within about one light module of each other instead of one finishing a 5-minute module alone.
