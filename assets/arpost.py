@@ -323,7 +323,8 @@ def score(model, base: arbase.Base, rows: Rows, n: int) -> dict:
     gold, armath's convention), format rate, mean generated tokens, and the completion NLL of the same items."""
     indices = list(range(min(n, len(rows))))
     outs = arbase.generate(model, base, [rows.prompt(i) for i in indices], MAX_NEW_TOKENS, batch_size=EVAL_BATCH)
-    answers = [armath.extract_answer(base.tok.decode(o)) for o in outs]
+    texts = [base.tok.decode(o) for o in outs]
+    answers = [armath.extract_answer(t) for t in texts]
     correct = sum(armath.answers_match(a, rows.golds[i]) for a, i in zip(answers, indices, strict=True))
     return {
         "items": len(indices),
@@ -331,10 +332,26 @@ def score(model, base: arbase.Base, rows: Rows, n: int) -> dict:
         "format_rate": sum(a is not None for a in answers) / max(1, len(indices)),
         "mean_completion_len": sum(len(o) for o in outs) / max(1, len(indices)),
         "nll": completion_nll(model, rows, indices),
+        "texts": texts,  # the answers as generated: what a judge compares (write_answers)
     }
 
 
+def write_answers(directory: str, prepared: Prepared, split: str, run: dict, before: dict) -> None:
+    """The run's answers and the base's on the same items, one {"id", "prompt", "answer"} a line, for the
+    controller's judge (README "The judge"): answers.jsonl and base_answers.jsonl in `directory`, which the
+    harness gives only to this evaluation ($AUTORESEARCH_ANSWERS_DIR). The prompt is the question as a
+    person reads it (from the data spec), not the token template."""
+    ids = prepared.rows(split).ids
+    questions = {it.id: it.question for it in armath.load_split(prepared.data, split).items}
+    for name, texts in (("answers.jsonl", run.get("texts")), ("base_answers.jsonl", before.get("texts"))):
+        if isinstance(texts, list):
+            arkit.atomic_write_text(os.path.join(directory, name), "".join(
+                json.dumps({"id": ids[i], "prompt": questions.get(ids[i], ""), "answer": t}) + "\n"
+                for i, t in enumerate(texts)))
+
+
 METRICS = {"val": "val_accuracy", "test": "heldout_accuracy"}
+ANSWERS_ENV = "AUTORESEARCH_ANSWERS_DIR"  # given by the harness to the evaluation only
 
 
 # A target's own secondary metrics: (the adapted model, the base, the prepared data, the split) -> name -> value,
@@ -369,6 +386,8 @@ def evaluate(checkpoint_dir: str | None = None, split: str = "val", extra: Extra
     else:  # prepared under other settings: scored here (not cached: the runs' cache is read-only)
         before = score(base.model, base, rows, s["items"])
     arkit.echo(f"eval: {s['items']} items in {time.time() - t1:.1f}s, {time.time() - t0:.1f}s in all")
+    if os.environ.get(ANSWERS_ENV):  # the harness keeps them for its judge (a session with `judge` set)
+        write_answers(os.environ[ANSWERS_ENV], prepared, split, s, before)
     prefix = "val" if split == "val" else "heldout"
     values = {
         name: s["accuracy"],

@@ -77,10 +77,19 @@ def test_prepare_train_evaluate(pretrained, tmp_path):
     assert set(m) >= {"val_accuracy", "base_accuracy", "val_nll", "format_rate", "mean_completion_len"}
     reports = [json.loads(line) for line in channel.read_text().splitlines()]
     assert reports == [{"name": "val_accuracy", "value": m["val_accuracy"]}]
-    # the evaluation never needs train.py: it reads the adapter as data
+    # the evaluation never needs train.py: it reads the adapter as data; given the harness's answers directory
+    # (a session with a judge), it writes the run's and the base's answers there for the controller's judge
     (ws / "train.py").unlink()
-    again = run_py(ws, env, "prepare.py", "--evaluate", str(ckpt))
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    again = run_py(ws, {**env, "AUTORESEARCH_ANSWERS_DIR": str(answers)}, "prepare.py", "--evaluate", str(ckpt))
     assert again.returncode == 0 and metrics_of(again.stdout) == m, again.stderr
+    run_answers, base_answers = ([json.loads(line) for line in (answers / name).read_text().splitlines()]
+                                 for name in ("answers.jsonl", "base_answers.jsonl"))
+    assert len(run_answers) == len(base_answers) == 16
+    assert [a["id"] for a in run_answers] == [a["id"] for a in base_answers]
+    assert [a["prompt"] for a in run_answers] == [a["prompt"] for a in base_answers]
+    assert all(set(a) == {"id", "prompt", "answer"} and a["prompt"].strip() for a in run_answers + base_answers)
     # a checkpoint without an adapter is one line and exit 1
     (tmp_path / "empty").mkdir()
     refused = run_py(ws, env, "prepare.py", "--evaluate", str(tmp_path / "empty"))
