@@ -22,6 +22,8 @@ import pytest
 from conftest import ASSETS, run_py, trained_pretrain
 from test_arbase import PRETRAIN_ARGS, install_base, make_our_base, write_base_json
 
+from harness.audit import audit_workspace
+
 METRIC_LINE = re.compile(r"^METRIC ([A-Za-z_][A-Za-z0-9_]*)=(\S+)$", re.M)
 NAMES = ("Ava", "Ben", "Cal", "Dee", "Eli", "Fay", "Gus", "Hal", "Ivy", "Jon", "Kim", "Lou", "Max", "Ned", "Oda")
 THINGS = ("pens", "cards", "shells", "coins", "stamps", "books", "cups", "hats")
@@ -202,7 +204,7 @@ ref0 = torch.cat([reference.cache[i] for i in idx])
 logp = torch.log_softmax(arbase.logits_of(fresh, xb[:1]).float(), -1)[0]
 loop = sum(float(logp[t, yb[0, t]]) for t in range(xb.size(1)) if wb[0, t] > 0)
 with train.adapters_off(adapters):
-    ours = float(train.sequence_logprobs(model, xb[:1], yb[:1], wb[:1])[0])
+    ours = float(train.completion_logprobs(model, xb[:1], yb[:1], wb[:1])[0])
 # the pair cache's key: another base, another setting, other data -> another pair set
 s0 = prepare.RolloutSettings()
 keys = {prepare.pairs_key("a" * 64, "d", s0), prepare.pairs_key("b" * 64, "d", s0),
@@ -286,3 +288,20 @@ def test_a_non_finite_loss_skips_the_step_and_is_counted(prepared, tmp_path):
     m = metrics_of(done.stdout)
     assert m["skipped_steps"] == m["num_steps"] // 2 and m["skipped_steps"] >= 1, m
     assert math.isfinite(m["train_loss"]) and (ckpt / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("extra, rules", [
+    ("", []),  # as shipped, every line audited as added
+    ('\n\ndef extra():\n    return load_pairs("val")\n', ["validation-data"]),  # the held-out pairs
+    ('\n\ndef extra():\n    return load_pairs("train")\n', []),
+])
+def test_the_audit_passes_the_shipped_train_py_and_catches_the_held_out_pairs(tmp_path, extra, rules):
+    (tmp_path / "base").mkdir()
+    shutil.copy(ASSETS / "pretrain" / "train.py", tmp_path / "base" / "base_model.py")
+    fixed = workspace("dpo", tmp_path / "base", {}, tmp_path / "ws")
+    kit = ("prepare.py", *KIT)
+    train = (ASSETS / "dpo" / "train.py").read_text(encoding="utf-8") + extra
+    (fixed / "train.py").write_text(train, encoding="utf-8")
+    patch = "--- /dev/null\n+++ b/train.py\n" + f"@@ -0,0 +1,{len(train.splitlines())} @@\n" + "".join(
+        f"+{line}\n" for line in train.splitlines())
+    assert [f.rule for f in audit_workspace(patch, fixed, kit, import_time=True)] == rules

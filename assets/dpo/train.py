@@ -145,7 +145,7 @@ class CompletionHead(nn.Module):
         return self.head(h if self.keep is None else h[self.keep][None])
 
 
-def sequence_logprobs(model: nn.Module, x, y, w) -> torch.Tensor:
+def completion_logprobs(model: nn.Module, x, y, w) -> torch.Tensor:
     """(B,) sum over t of w[b, t] * log softmax(logits[b, t])[y[b, t]], the log-softmax in float32."""
     head = getattr(model, "lm_head", None)
     if isinstance(head, CompletionHead):
@@ -190,7 +190,7 @@ class Reference:
         if missing:
             rows = [r for k in missing for r in (2 * k, 2 * k + 1)]
             with adapters_off(self.adapters):
-                lp = sequence_logprobs(self.model, x[rows], y[rows], w[rows])
+                lp = completion_logprobs(self.model, x[rows], y[rows], w[rows])
             for n, k in enumerate(missing):
                 self.cache[indices[k]] = lp[2 * n:2 * n + 2].clone()
         return torch.cat([self.cache[i] for i in indices])  # interleaved as x: chosen, rejected, ...
@@ -200,7 +200,7 @@ def dpo_step_loss(model, reference: Reference, pairs, indices: list[int], device
     """The DPO loss of pairs `indices`, the chosen completions' mean per-token NLL, and the diagnostics."""
     x, y, w = pairs.batch(indices, device)
     ref = reference(indices, x, y, w)
-    policy = sequence_logprobs(model, x, y, w)
+    policy = completion_logprobs(model, x, y, w)
     loss, stats = dpo_loss(policy[0::2], policy[1::2], ref[0::2], ref[1::2], BETA)
     # Iterative RPO's NLL term (arXiv 2404.19733): length-normalized, on the winner only; it keeps the chosen
     # answers likely while DPO pushes the pair apart (DPO alone can lower both, posttrain.md §6 item 4)
