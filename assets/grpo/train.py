@@ -54,7 +54,7 @@ LORA_TARGETS = (           # module-name patterns (re.search) of the nn.Linear l
     r"mlp\.(c_fc|c_proj|gate_proj|up_proj|down_proj)$",          # MLP: all linear layers, as LWR's runs
     r"^lm_head$",          # the unembedding, as the sft target adapts it
 )
-LR = 2e-3                  # AdamW LR (constant: decaying schedules can stall RL reward, posttrain.md §6.18)
+LR = 5e-4                  # AdamW LR, constant (decay can stall RL reward: posttrain.md §6.18); on CPU 5e-3 collapsed
 GROUP_SIZE = 8             # G completions per prompt (TRL's num_generations default; TC's tutorials 2-16)
 PROMPTS_PER_STEP = 8       # groups per update
 TEMPERATURE = 1.0          # sampling temperature (TC and TRL: 1.0; the KL estimate assumes it)
