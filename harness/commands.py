@@ -103,6 +103,11 @@ def cmd_init(args: argparse.Namespace) -> int:
         base_spec = str((base / base_spec).resolve())
     if data and not Path(data).expanduser().is_absolute() and (base / data).exists():
         data = str((base / data).resolve())
+    data_line = None
+    if data:  # local data: a copy in the cache, where the sandboxed prepare can read it (harness.datasnap)
+        from harness import datasnap
+
+        data, data_line = datasnap.snapshot(data, bases.cache_root())
     existed = root.exists()
     generated: dict[str, bytes] = {}
     base_info, after_copy = None, None
@@ -124,6 +129,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise
     if base_info is not None:
         print(f"  base: {bases.chain_lines(bases.base_chain(root))[0]}")
+    if data_line:
+        print(f"  {data_line}")
     for line in done:
         print(f"  {line}")
     print(f"workspace ready: {root.resolve()} on branch {cfg.branch}")

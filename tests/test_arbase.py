@@ -44,6 +44,7 @@ def _modules():
         cache["arbase"] = load_by_path(ASSETS / "arbase.py", "arbase_under_test", {"arkit": kit})
         cache["armath"] = load_by_path(ASSETS / "armath.py", "armath_under_test", {"arkit": kit})
         deps = {"arkit": kit, "arbase": cache["arbase"], "armath": cache["armath"]}
+        deps["arpost"] = cache["arpost"] = load_by_path(ASSETS / "arpost.py", "arpost_under_test", deps)
         cache["prepare"] = load_by_path(ASSETS / "sft" / "prepare.py", "sft_prepare", deps)
         cache["train"] = load_by_path(ASSETS / "sft" / "train.py", "sft_train", {**deps, "prepare": cache["prepare"]})
     return cache

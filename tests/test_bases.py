@@ -610,3 +610,43 @@ def test_status_shows_what_the_targets_prepare_step_said_of_its_data(toy_assets:
     assert "another target's" not in out
     status.write_text("{not json")
     assert main(["-C", str(ws), "status"]) == 0 and "data  " not in capsys.readouterr().out
+
+
+def test_local_data_is_copied_into_the_cache_where_the_sandboxed_prepare_reads_it(
+        toy_assets: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from harness import config as config_mod
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("AUTORESEARCH_CACHE_DIR", str(cache))
+    llama = tmp_path / "llama"
+    _tiny_llama(llama)
+    data = tmp_path / "home" / "math.jsonl"  # HOME and /tmp are hidden from sandboxed commands
+    data.parent.mkdir()
+    rows = [{"question": f"what is {a} + 2", "answer": f"#### {a + 2}"} for a in range(40)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ws = tmp_path / "sft"
+    assert main(["-C", str(ws), "init", "--target", "toysft", "--base", str(llama), "--data", str(data),
+                 "--tag", "t"]) == 0
+    out = capsys.readouterr().out
+    copy = next(iter((cache / "data").glob("*/math.jsonl")))
+    assert f"data: copied {data}" in out and str(copy.parent) in out
+    assert config_mod.load(ws).prepare_command == f"python prepare.py --data {copy}"
+    assert copy.read_bytes() == data.read_bytes()
+    data.write_text("changed later\n")  # the session keeps what it was made with
+    assert copy.read_text().startswith('{"question"')
+    # a directory: its split files only; the same files again are the same copy
+    d = tmp_path / "dir"
+    d.mkdir()
+    (d / "train.jsonl").write_text(copy.read_text())
+    (d / "notes.txt").write_text("not data")
+    for name in ("a", "b"):
+        assert main(["-C", str(tmp_path / name), "init", "--target", "toysft", "--base", str(llama), "--data",
+                     str(d), "--tag", "t"]) == 0
+    prepares = {config_mod.load(tmp_path / n).prepare_command for n in ("a", "b")}
+    assert len(prepares) == 1
+    snap = Path(prepares.pop().split("--data ")[1])
+    assert sorted(p.name for p in snap.iterdir()) == ["train.jsonl"]
+    (tmp_path / "bad.csv").write_text("q,a\n")
+    assert main(["-C", str(tmp_path / "c"), "init", "--target", "toysft", "--base", str(llama), "--data",
+                 str(tmp_path / "bad.csv"), "--tag", "t"]) == 2
+    assert not (tmp_path / "c").exists()
