@@ -1,21 +1,17 @@
-"""The sft target as a user runs it: prepare.py, train.py and the separate evaluation, then the whole loop.
+"""The sft target as a user runs it: prepare.py, train.py and the separate evaluation, as processes.
 
 The fixed side runs as real processes in a workspace laid out as `autoresearch init --target sft` lays it out
-(base.json + base_model.py + the kit modules); the end-to-end test goes through the real CLI from a pretrain
-checkpoint made in the test to `autoresearch run --agent mutate --max-iterations 2`. CPU only, offline.
+(base.json + base_model.py + the kit modules). The sft stage through the real CLI and loop, from a pretrain
+session made there, is tests/test_pipeline.py's (pretrain, sft, dpo, grpo). CPU only, offline.
 
 Run: .venv/bin/python -m pytest tests/test_sft.py -q            (the fast ones: ~1 min on 2 loaded cores)
-     .venv/bin/python -m pytest tests/test_sft.py -q -m slow    (the end-to-end loop: ~3 min on 2 loaded cores)
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -156,53 +152,3 @@ def test_contamination_guard_refuses_eval_items_seen_in_train(pretrained, tmp_pa
     assert manifest["splits"]["val"]["rows"] == 1 and manifest["splits"]["val"]["contaminated"] == 1
     items = (manifest_dir / "val.items.jsonl").read_text()
     assert "26" in items and len(items.splitlines()) == 1
-
-
-@pytest.mark.slow
-def test_pretrain_to_sft_through_the_loop(pretrained, tmp_path):
-    """From a pretrain session made here (a real `init --target pretrain` and its kept baseline, on the small
-    local data): `init --target sft --base SESSION --data ...` and a 2-iteration mutate loop on CPU (sandboxed
-    as configured): rc 0, the ledger holds val_accuracy and base_accuracy, the kept run's checkpoint holds
-    the PEFT adapter, and status names the session and run the base came from."""
-    env = {**pretrained.env, "AUTORESEARCH_CACHE_DIR": str(pretrained.root / "cache")}
-    cli = [sys.executable, "-m", "harness.cli"]
-    repo = Path(__file__).resolve().parent.parent
-
-    def call(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-        return subprocess.run([*cli, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=repo)
-
-    pre = tmp_path / "pre"
-    steps = [
-        ("init", str(pre), "--target", "pretrain", "--budget", "2", "--calibrate", "0"),
-        # small data, and a generous start-up allowance (a loaded CI machine; the budget rule has its own tests)
-        ("-C", str(pre), "config", "prepare_command", "python prepare.py " + " ".join(PRETRAIN_ARGS),
-         "startup_allowance_s", "120"),
-        ("-C", str(pre), "run", "--agent", "mutate", "--max-iterations", "1"),
-    ]
-    for i, step in enumerate(steps):
-        if i == 2:  # no held-out confirmation (not what this tests): a hand edit, which `run` commits first
-            toml = pre / "autoresearch.toml"
-            toml.write_text("".join(line for line in toml.read_text().splitlines(keepends=True)
-                                    if not line.startswith(("heldout_metric", "heldout_command"))))
-        done = call(*step)
-        assert done.returncode == 0, (step, done.stdout[-3000:] + done.stderr[-3000:])
-    ws = tmp_path / "ws"
-    init = call("init", str(ws), "--target", "sft", "--base", str(pre), "--data", SMALL_DATA, "--budget", "3",
-                "--calibrate", "0", timeout=300)
-    assert init.returncode == 0, init.stdout + init.stderr
-    assert (ws / "base.json").exists() and (ws / "base_model.py").exists()
-    assert call("-C", str(ws), "config", "startup_allowance_s", "120").returncode == 0
-    run = call("-C", str(ws), "run", "--agent", "mutate", "--max-iterations", "2")
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    lines = [json.loads(line) for line in (ws / "autoresearch.jsonl").read_text().splitlines()]
-    runs = [r for r in lines if "run" in r and "status" in r]
-    assert len({r["run"] for r in runs}) == 2
-    for r in runs:
-        assert "val_accuracy" in r["metrics"] and "base_accuracy" in r["metrics"], r["metrics"]
-    kept = [r for r in runs if r["status"] == "keep"]
-    assert kept
-    checkpoints = ws / ".autoresearch" / "checkpoints"
-    adapters = list(checkpoints.glob("run-*/adapter_model.safetensors"))
-    assert adapters and all((a.parent / "adapter_config.json").exists() for a in adapters), os.listdir(checkpoints)
-    status = call("-C", str(ws), "status", timeout=120)
-    assert status.returncode == 0 and f"from session {pre.resolve()} run #1" in status.stdout, status.stdout
