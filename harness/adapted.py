@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.bases import (
+    ADAPTER_FILES,
     BASE_JSON,
+    MERGED_FILE,
     BaseError,
     BaseInfo,
     _existing,
@@ -36,14 +38,7 @@ from harness.bases import (
 )
 from harness.resources import kit_module
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-MERGED_FILE = "model.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".pt")
-
-
-def is_adapted_checkpoint(ckpt: Path) -> bool:
-    """A post-training run's checkpoint: an adapter (both files) or merged weights."""
-    return all((ckpt / f).is_file() for f in ADAPTER_FILES) or (ckpt / MERGED_FILE).is_file()
 
 
 def _checkpoint_digest(ckpt: Path) -> str:

@@ -266,8 +266,19 @@ def is_session(d: Path) -> bool:
     return (d / CONFIG_NAME).is_file()
 
 
-def resolve_session(root: Path, cache: Path, *, spec: str) -> BaseInfo:
-    """A workspace of ours: the checkpoint of its best kept run (in the current segment, as `status` shows it)."""
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+MERGED_FILE = "model.safetensors"
+
+
+def is_adapted_checkpoint(ckpt: Path) -> bool:
+    """A post-training run's checkpoint: an adapter (both files) or merged weights."""
+    return all((ckpt / f).is_file() for f in ADAPTER_FILES) or (ckpt / MERGED_FILE).is_file()
+
+
+def resolve_session(root: Path, cache: Path, *, spec: str, merge: Callable[..., BaseInfo] | None = None) -> BaseInfo:
+    """A workspace of ours: the checkpoint of its best kept run (in the current segment, as `status` shows it).
+    A post-training session's run holds an adapter: `merge` (harness.adapted.resolve_adapted, passed in by
+    harness.models, which keeps this module free of the kit) makes its base with the adapter merged."""
     from harness import config as config_mod
     from harness import ledger
     from harness.points import clean_state
@@ -280,8 +291,6 @@ def resolve_session(root: Path, cache: Path, *, spec: str) -> BaseInfo:
         raise BaseError(f"{root}: the session has no kept run yet, so no checkpoint to start from; run it first "
                         "(`autoresearch run`), or pass a checkpoint directory")
     ckpt = root / ".autoresearch" / "checkpoints" / f"run-{best.run}"
-    from harness.adapted import is_adapted_checkpoint
-
     adapted = (root / BASE_JSON).is_file() and is_adapted_checkpoint(ckpt)  # a post-training session's run
     if not adapted and not is_our_checkpoint(ckpt):
         raise BaseError(f"{root}: its best kept run #{best.run} ({best.commit}) has no checkpoint in {ckpt} (pruned, "
@@ -296,9 +305,9 @@ def resolve_session(root: Path, cache: Path, *, spec: str) -> BaseInfo:
     if upstream is not None:
         origin["base"] = {k: upstream.get(k) for k in ("name", "kind", "fingerprint", "origin")}
     if adapted:
-        from harness.adapted import resolve_adapted
-
-        return resolve_adapted(ckpt, root, cache, spec=spec, origin=origin, name=f"{root.name} run {best.run}")
+        if merge is None:
+            raise BaseError(f"{root}: a post-training session; resolve it with harness.models.resolve_base")
+        return merge(ckpt, root, cache, spec=spec, origin=origin, name=f"{root.name} run {best.run}")
     return resolve_checkpoint(ckpt, cache, spec=spec, origin=origin, name=f"{root.name} run {best.run}")
 
 

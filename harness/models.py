@@ -266,7 +266,9 @@ def resolve_base(spec: str, cache: Path | None = None, *, offline: bool | None =
     if path.is_dir():
         path = path.resolve()
         if is_session(path):
-            return resolve_session(path, cache, spec=spec)
+            from harness.adapted import resolve_adapted
+
+            return resolve_session(path, cache, spec=spec, merge=resolve_adapted)
         if (path / "config.json").is_file() and (path / "model.pt").is_file():
             return resolve_checkpoint(path, cache, spec=spec, origin={"type": "checkpoint", "path": str(path)},
                                       name=path.name)

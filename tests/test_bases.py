@@ -464,11 +464,13 @@ def test_init_with_cuda_defaults_to_smollm2_when_it_is_at_hand(toy_assets: Path,
     rows = [{"question": f"what is {a} + {a}", "answer": f"{a} + {a} = {2 * a}\n#### {2 * a}"} for a in range(40)]
     (tmp_path / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     ws = tmp_path / "sft"
-    # --data relative to -C DIR, like git; the workspace's prepare command gets it absolute
+    # --data relative to -C DIR, like git; the workspace's prepare command names its copy in the cache
     assert main(["-C", str(tmp_path), "init", "sft", "--target", "toysft", "--data", "mine.jsonl"]) == 0
     record = json.loads((ws / "base.json").read_text())
     assert record["spec"] == "smollm2-135m" and record["kind"] == "hf" and not (ws / "base_model.py").exists()
-    assert f'prepare_command = "python prepare.py --data {tmp_path / "mine.jsonl"}"' in (ws / "autoresearch.toml").read_text()
+    copy = next(iter((cache / "data").glob("*/mine.jsonl")))
+    assert copy.read_bytes() == (tmp_path / "mine.jsonl").read_bytes()
+    assert f'prepare_command = "python prepare.py --data {copy}"' in (ws / "autoresearch.toml").read_text()
 
 
 def test_a_bad_base_fails_init_before_the_workspace_exists(toy_assets: Path, tmp_path: Path, monkeypatch,
